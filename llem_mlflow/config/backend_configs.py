@@ -1,0 +1,167 @@
+"""PyTorch (transformers) backend settings.
+
+Every field defaults to None, meaning "the library's own default": we pass
+nothing, and the value transformers actually used is recorded in
+`config/resolved.json`. Each field reaches `from_pretrained()` or
+`generate()` (see `llem_mlflow/bench/`), or this model refuses it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Values of GenerationConfig.cache_implementation that transformers 5 accepts
+# without an extra package ("quantized" needs quanto/hqq; the hybrid kinds need
+# hybrid models). Checked against transformers 5.24
+# (`transformers.generation.configuration_utils.ALL_CACHE_IMPLEMENTATIONS`).
+CacheImplementation = Literal[
+    "static",
+    "offloaded_static",
+    "sliding_window",
+    "dynamic",
+    "offloaded",
+]
+
+_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+
+
+class PyTorchConfig(BaseModel):
+    """Settings for `AutoModelForCausalLM.from_pretrained()` and `model.generate()`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- batching and processes ---------------------------------------------
+    batch_size: int | None = Field(default=None, ge=1, description="Prompts per generate() call (None -> 1)")
+    num_processes: int | None = Field(
+        default=None, ge=1, description="Data-parallel processes (None -> 1; only 1 is supported yet)"
+    )
+
+    # --- attention ------------------------------------------------------------
+    attn_implementation: Literal["sdpa", "flash_attention_2", "flash_attention_3", "eager"] | None = Field(
+        default=None, description="Attention kernel (None -> transformers picks, usually sdpa)"
+    )
+
+    # --- compilation (free strings: torch adds modes and backends) -------------
+    torch_compile: bool | None = Field(default=None, description="Wrap the model in torch.compile (None -> False)")
+    torch_compile_mode: str | None = Field(
+        default=None, description="torch.compile mode, e.g. 'reduce-overhead', 'max-autotune' (None -> 'default')"
+    )
+    torch_compile_backend: str | None = Field(default=None, description="torch.compile backend (None -> 'inductor')")
+
+    # --- bitsandbytes quantization --------------------------------------------
+    load_in_4bit: bool | None = Field(default=None, description="4-bit bitsandbytes quantization (None -> False)")
+    load_in_8bit: bool | None = Field(default=None, description="8-bit bitsandbytes quantization (None -> False)")
+    bnb_4bit_compute_dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
+        default=None, description="Compute dtype for 4-bit layers (None -> float32)"
+    )
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = Field(default=None, description="4-bit type (None -> 'fp4')")
+    bnb_4bit_use_double_quant: bool | None = Field(
+        default=None, description="Quantize the quantization constants too (None -> False)"
+    )
+
+    # --- KV cache ---------------------------------------------------------------
+    use_cache: bool | None = Field(default=None, description="Use the KV cache (None -> True)")
+    cache_implementation: CacheImplementation | None = Field(
+        default=None, description="KV cache class; 'static' allows CUDA graphs (None -> dynamic)"
+    )
+
+    # --- beam search --------------------------------------------------------------
+    num_beams: int | None = Field(default=None, ge=1, description="Beam width (None -> 1: no beam search)")
+    early_stopping: bool | None = Field(default=None, description="Stop beams early (None -> False; beams only)")
+    length_penalty: float | None = Field(default=None, description="Beam length penalty (None -> 1.0; beams only)")
+
+    # --- repetition and speculative decoding --------------------------------------
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0, description="Ban repeated n-grams (None -> 0: off)")
+    prompt_lookup_num_tokens: int | None = Field(
+        default=None, ge=1, description="Prompt-lookup decoding draft length (None -> off)"
+    )
+
+    # --- loading ------------------------------------------------------------------
+    device_map: str | None = Field(
+        default=None, description="'auto', 'cuda', 'cpu', ... (None -> one CUDA device if present, else CPU)"
+    )
+    max_memory: dict[int | Literal["cpu", "disk"], str] | None = Field(
+        default=None, description="Per-device memory cap, e.g. {0: '10GiB', cpu: '30GiB'}"
+    )
+    revision: str | None = Field(default=None, description="Hub branch, tag or commit (None -> 'main')")
+    trust_remote_code: bool | None = Field(
+        default=None, description="Run code from the model repo (None -> False, transformers' default)"
+    )
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory_keys(cls, value: object) -> object:
+        # JSON (params, CLI overrides) turns GPU indices into strings: "0" -> 0.
+        if isinstance(value, dict):
+            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory_sizes(cls, value: dict | None) -> dict | None:
+        for device, size in (value or {}).items():
+            if isinstance(device, int) and device < 0:
+                raise ValueError(f"max_memory key {device} must be a GPU index >= 0, 'cpu' or 'disk'")
+            if not _MEMORY_SIZE.match(size):
+                raise ValueError(
+                    f"max_memory[{device!r}] = {size!r} is not a size; write a number and a unit, e.g. '10GiB' or '500MB'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> PyTorchConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are mutually exclusive: set only one to true")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_options_need_compile(self) -> PyTorchConfig:
+        given = [f for f in ("torch_compile_mode", "torch_compile_backend") if getattr(self, f) is not None]
+        if given and self.torch_compile is not True:
+            raise ValueError(f"{' and '.join(given)} require torch_compile: true")
+        return self
+
+    @model_validator(mode="after")
+    def _bnb_4bit_options_need_4bit(self) -> PyTorchConfig:
+        given = [f for f in type(self).model_fields if f.startswith("bnb_4bit_") and getattr(self, f) is not None]
+        if given and self.load_in_4bit is not True:
+            raise ValueError(f"{', '.join(given)} require load_in_4bit: true")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_implementation_needs_cache(self) -> PyTorchConfig:
+        if self.cache_implementation is not None and self.use_cache is False:
+            raise ValueError(
+                "cache_implementation requires use_cache to be true or unset (it is false): remove one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_lookup_single_sequence(self) -> PyTorchConfig:
+        # transformers only raises this at generate() time, after the model has loaded.
+        if self.prompt_lookup_num_tokens is None:
+            return self
+        if (self.num_beams or 1) > 1:
+            raise ValueError("prompt_lookup_num_tokens cannot be combined with num_beams > 1 (prompt lookup is greedy/sampling only)")
+        if (self.batch_size or 1) > 1:
+            raise ValueError("prompt_lookup_num_tokens needs batch_size 1 (transformers' assisted generation runs one sequence at a time)")
+        return self
+
+    @model_validator(mode="after")
+    def _beam_options_need_beams(self) -> PyTorchConfig:
+        # Refused rather than ignored: a knob with no effect would make two runs look different when they are not.
+        given = [f for f in ("early_stopping", "length_penalty") if getattr(self, f) is not None]
+        if given and (self.num_beams or 1) <= 1:
+            raise ValueError(f"{' and '.join(given)} only affect beam search: set num_beams > 1 or remove them")
+        return self
+
+    @model_validator(mode="after")
+    def _single_process(self) -> PyTorchConfig:
+        if (self.num_processes or 1) > 1:
+            raise ValueError(
+                "num_processes > 1 (data parallel) is not supported yet: use 1, or device_map: auto to spread one model over GPUs"
+            )
+        return self

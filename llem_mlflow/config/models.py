@@ -1,0 +1,219 @@
+"""The experiment config: one YAML file describes one measured run.
+
+Sections are small pydantic models with extra="forbid", so a typo is an
+error, never a silently ignored key. `docs/config.md` documents every field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llem_mlflow.config.backend_configs import PyTorchConfig
+
+# Decoding presets expand before validation; fields the user wrote win.
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    "deterministic": {"temperature": 0.0, "do_sample": False},
+    "standard": {"temperature": 1.0, "do_sample": True, "top_p": 0.95},
+    "creative": {"temperature": 0.8, "do_sample": True, "top_p": 0.9, "repetition_penalty": 1.1},
+    "factual": {"temperature": 0.3, "do_sample": True},
+}
+
+# from_pretrained() arguments that named fields already set: passthrough may not override them.
+COVERED_FROM_PRETRAINED_KWARGS = frozenset(
+    {
+        "attn_implementation",
+        "dtype",
+        "torch_dtype",
+        "quantization_config",
+        "load_in_4bit",
+        "load_in_8bit",
+        "device_map",
+        "max_memory",
+        "revision",
+        "trust_remote_code",
+    }
+)
+
+
+class DecoderConfig(BaseModel):
+    """Sampling settings passed to `generate()`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 means greedy")
+    do_sample: bool = Field(default=True, description="Sample (true) or decode greedily (false)")
+    top_k: int = Field(default=50, ge=0, description="Keep the k most likely tokens (0: off)")
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0, description="Nucleus sampling mass (1.0: off)")
+    repetition_penalty: float = Field(default=1.0, ge=0.1, le=10.0, description="Penalty for repeated tokens (1.0: off)")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Minimum token probability (None: off)")
+    min_new_tokens: int | None = Field(
+        default=None, ge=1, description="Force at least this many new tokens (fix it to max_output_tokens for equal-length runs)"
+    )
+    preset: Literal["deterministic", "standard", "creative", "factual"] | None = Field(
+        default=None, description="Named sampling preset; fields written beside it win"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset")
+        if isinstance(preset, str) and preset in SAMPLING_PRESETS:
+            data = {**SAMPLING_PRESETS[preset], **data}
+        # temperature 0 alone means greedy; do_sample written as true beside it is refused below.
+        if data.get("temperature") in (0, 0.0) and "do_sample" not in data:
+            data = {**data, "do_sample": False}
+        return data
+
+    @model_validator(mode="after")
+    def _sampling_needs_temperature(self) -> DecoderConfig:
+        if self.do_sample and self.temperature == 0.0:
+            raise ValueError(
+                "temperature 0 with do_sample true cannot sample: set do_sample: false (greedy) or a temperature > 0"
+            )
+        return self
+
+
+def _check_presets_name_fields() -> None:
+    """Fail at import if a preset names a field DecoderConfig does not have."""
+    fields = set(DecoderConfig.model_fields)
+    for name, values in SAMPLING_PRESETS.items():
+        unknown = set(values) - fields
+        if unknown:
+            raise RuntimeError(f"sampling preset {name!r} sets unknown DecoderConfig fields {sorted(unknown)}")
+
+
+_check_presets_name_fields()
+
+
+class DatasetConfig(BaseModel):
+    """Where the prompts come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        default="builtin",
+        min_length=1,
+        description="'builtin' (shipped prompts), 'synthetic' (exact token length), or a .jsonl/.csv/.parquet path",
+    )
+    n: int = Field(default=50, ge=1, description="Number of prompts to measure")
+    column: str | None = Field(default=None, description="Column holding the prompt in a file (None -> 'prompt', then 'text')")
+    synthetic_input_tokens: int | None = Field(
+        default=None, ge=1, description="Prompt length in tokens for source: synthetic"
+    )
+    shuffle: bool = Field(default=False, description="Shuffle prompts (seeded by random_seed) before taking n")
+
+    @model_validator(mode="after")
+    def _synthetic_needs_length(self) -> DatasetConfig:
+        if self.source == "synthetic" and self.synthetic_input_tokens is None:
+            raise ValueError("source: synthetic needs synthetic_input_tokens (the prompt length in tokens)")
+        if self.source != "synthetic" and self.synthetic_input_tokens is not None:
+            raise ValueError("synthetic_input_tokens only applies to source: synthetic")
+        if self.source in ("builtin", "synthetic") and self.column is not None:
+            raise ValueError(f"column only applies to a file source, not source: {self.source}")
+        return self
+
+
+class WarmupConfig(BaseModel):
+    """Batches generated before the measured window (not counted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    n_batches: int = Field(default=2, ge=1, description="Warmup generate() calls")
+
+
+class BaselineConfig(BaseModel):
+    """Idle GPU power measured before the model loads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    duration_s: float = Field(default=10.0, gt=0.0, le=600.0, description="Idle measurement length in seconds")
+
+
+class EnergyConfig(BaseModel):
+    """Energy meters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: Literal["auto", "nvml", "off"] = Field(
+        default="auto", description="auto: NVML when a GPU is visible; nvml: required (error without it); off"
+    )
+    codecarbon: bool = Field(default=True, description="CPU/RAM energy and emissions with CodeCarbon's offline tracker")
+    country_iso_code: str = Field(
+        default="USA", pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3 code for the grid's carbon intensity"
+    )
+    sample_interval_ms: int = Field(default=100, ge=10, le=10_000, description="Power sampler period in milliseconds")
+
+
+class CooldownConfig(BaseModel):
+    """Wait between trials until the GPU is back near its baseline temperature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    tolerance_c: float = Field(default=3.0, gt=0.0, description="Degrees above baseline temperature that count as cool")
+    timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0, description="Longest wait per cool-down")
+
+
+class RegistryConfig(BaseModel):
+    """Register the benchmarked model in the MLflow model registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1, description="Registered model name")
+    alias: str | None = Field(default=None, description="Alias to point at the new version")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra version tags")
+
+
+class ExperimentConfig(BaseModel):
+    """One experiment: a model, a prompt set, settings, and what to measure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Hub id, local path, random:<preset> or models:/<name>/<version|@alias>")
+    backend: Literal["pytorch"] = "pytorch"
+    precision: Literal["fp32", "fp16", "bf16"] | None = Field(
+        default=None, description="Weights dtype (None -> bf16 on CUDA, fp32 on CPU)"
+    )
+    max_input_tokens: int = Field(default=512, ge=1, description="Prompts are truncated to this many tokens")
+    max_output_tokens: int = Field(default=128, ge=1, description="max_new_tokens for generate()")
+    random_seed: int = Field(default=42, ge=0, description="Seeds torch, sampling, random: weights and shuffling")
+    n_trials: int = Field(default=1, ge=1, le=1000, description="Repeats of the measured phase on the loaded model")
+    save_generated_text: bool = Field(default=False, description="Put the generated text in the per-request table")
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    pytorch: PyTorchConfig = Field(default_factory=PyTorchConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    registry: RegistryConfig | None = None
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the MLflow run")
+    passthrough_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra from_pretrained() arguments not covered by a field"
+    )
+
+    @model_validator(mode="after")
+    def _passthrough_not_covered(self) -> ExperimentConfig:
+        covered = sorted(COVERED_FROM_PRETRAINED_KWARGS & set(self.passthrough_kwargs))
+        if covered:
+            raise ValueError(
+                f"passthrough_kwargs sets {', '.join(covered)}, which named fields already cover: "
+                "use precision / pytorch.* instead"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _min_new_tokens_fit(self) -> ExperimentConfig:
+        if self.decoder.min_new_tokens is not None and self.decoder.min_new_tokens > self.max_output_tokens:
+            raise ValueError(
+                f"decoder.min_new_tokens ({self.decoder.min_new_tokens}) exceeds max_output_tokens "
+                f"({self.max_output_tokens}): lower it or raise max_output_tokens"
+            )
+        return self
