@@ -47,3 +47,34 @@ def schema() -> None:
     from llem_mlflow.config.models import ExperimentConfig
 
     click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, help=OVERRIDE_HELP)
+@click.option("--overrides", "overrides_text", default="", help="Overrides as one string 'a.b=1 c.d=x' (MLproject).")
+@click.option("--experiment-name", default=None, help="MLflow experiment (created if missing).")
+@click.option("--experiment-id", default=None, help="MLflow experiment id (instead of a name).")
+@click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--parent-run-id", default=None, help="Make the run a child of this run (sweeps).")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+def run(
+    config: str,
+    overrides: tuple[str, ...],
+    overrides_text: str,
+    experiment_name: str | None,
+    experiment_id: str | None,
+    run_name: str | None,
+    parent_run_id: str | None,
+    quiet: bool,
+) -> None:
+    """Benchmark the experiment in CONFIG into one MLflow run.
+
+    Inside `mlflow run` it logs into the run that MLFLOW_RUN_ID names.
+    """
+    import shlex
+
+    from llem_mlflow.launch import launch
+
+    all_overrides = tuple(shlex.split(overrides_text)) + overrides
+    sys.exit(launch(config, all_overrides, experiment_name, experiment_id, run_name, parent_run_id, quiet))

@@ -25,3 +25,7 @@ class DatasetError(LlemError):
 
 class TrackingError(LlemError):
     """MLflow cannot be reached or refused a request (auth, limits)."""
+
+
+class EnergyError(LlemError):
+    """An energy meter the config requires (e.g. energy.gpu: nvml) cannot measure."""

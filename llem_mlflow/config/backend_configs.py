@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llem_mlflow.config.base import ConfigSection
 
 # Values of GenerationConfig.cache_implementation that transformers 5 accepts
 # without an extra package ("quantized" needs quanto/hqq; the hybrid kinds need
 # hybrid models). Checked against transformers 5.24
-# (`transformers.generation.configuration_utils.ALL_CACHE_IMPLEMENTATIONS`).
+# (`transformers.generation.configuration_utils.ALL_CACHE_IMPLEMENTATIONS`);
+# there "sliding_window" is a deprecated alias that warns and builds a static cache.
 CacheImplementation = Literal[
     "static",
     "offloaded_static",
@@ -25,13 +28,16 @@ CacheImplementation = Literal[
     "offloaded",
 ]
 
-_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+# The units accelerate's `convert_file_size_to_int` understands (it has no B, TB or TiB;
+# a lower-case "b" would mean bits, so the units are case-sensitive here).
+_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+# device_map values for which from_pretrained() reads max_memory
+# (transformers.integrations.accelerate._get_device_map); any other value ignores it.
+DEVICE_MAPS_USING_MAX_MEMORY = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-class PyTorchConfig(BaseModel):
+class PyTorchConfig(ConfigSection):
     """Settings for `AutoModelForCausalLM.from_pretrained()` and `model.generate()`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     # --- batching and processes ---------------------------------------------
     batch_size: int | None = Field(default=None, ge=1, description="Prompts per generate() call (None -> 1)")
@@ -71,7 +77,7 @@ class PyTorchConfig(BaseModel):
     # --- beam search --------------------------------------------------------------
     num_beams: int | None = Field(default=None, ge=1, description="Beam width (None -> 1: no beam search)")
     early_stopping: bool | None = Field(default=None, description="Stop beams early (None -> False; beams only)")
-    length_penalty: float | None = Field(default=None, description="Beam length penalty (None -> 1.0; beams only)")
+    length_penalty: float | None = Field(default=None, allow_inf_nan=False, description="Beam length penalty (None -> 1.0; beams only)")
 
     # --- repetition and speculative decoding --------------------------------------
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, description="Ban repeated n-grams (None -> 0: off)")
@@ -95,19 +101,26 @@ class PyTorchConfig(BaseModel):
     @classmethod
     def _max_memory_keys(cls, value: object) -> object:
         # JSON (params, CLI overrides) turns GPU indices into strings: "0" -> 0.
-        if isinstance(value, dict):
-            return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        keys = {}
+        for key in value:
+            if isinstance(key, str) and key.isdigit():
+                keys[key] = int(key)
+            elif (isinstance(key, int) and not isinstance(key, bool) and key >= 0) or key in ("cpu", "disk"):
+                keys[key] = key
+            else:
+                raise ValueError(f"max_memory key {key!r} is not a GPU index (0, 1, ...), 'cpu' or 'disk'")
+        return {keys[k]: v for k, v in value.items()}
 
     @field_validator("max_memory")
     @classmethod
     def _max_memory_sizes(cls, value: dict | None) -> dict | None:
         for device, size in (value or {}).items():
-            if isinstance(device, int) and device < 0:
-                raise ValueError(f"max_memory key {device} must be a GPU index >= 0, 'cpu' or 'disk'")
             if not _MEMORY_SIZE.match(size):
                 raise ValueError(
-                    f"max_memory[{device!r}] = {size!r} is not a size; write a number and a unit, e.g. '10GiB' or '500MB'"
+                    f"max_memory[{device!r}] = {size!r} is not a size: write a number and one of the units "
+                    "KB, MB, GB, KiB, MiB, GiB, e.g. '10GiB' or '500MB'"
                 )
         return value
 
@@ -121,14 +134,16 @@ class PyTorchConfig(BaseModel):
     def _compile_options_need_compile(self) -> PyTorchConfig:
         given = [f for f in ("torch_compile_mode", "torch_compile_backend") if getattr(self, f) is not None]
         if given and self.torch_compile is not True:
-            raise ValueError(f"{' and '.join(given)} require torch_compile: true")
+            verb = "require" if len(given) > 1 else "requires"
+            raise ValueError(f"{' and '.join(given)} {verb} torch_compile: true")
         return self
 
     @model_validator(mode="after")
     def _bnb_4bit_options_need_4bit(self) -> PyTorchConfig:
         given = [f for f in type(self).model_fields if f.startswith("bnb_4bit_") and getattr(self, f) is not None]
         if given and self.load_in_4bit is not True:
-            raise ValueError(f"{', '.join(given)} require load_in_4bit: true")
+            verb = "require" if len(given) > 1 else "requires"
+            raise ValueError(f"{', '.join(given)} {verb} load_in_4bit: true")
         return self
 
     @model_validator(mode="after")
@@ -155,7 +170,18 @@ class PyTorchConfig(BaseModel):
         # Refused rather than ignored: a knob with no effect would make two runs look different when they are not.
         given = [f for f in ("early_stopping", "length_penalty") if getattr(self, f) is not None]
         if given and (self.num_beams or 1) <= 1:
-            raise ValueError(f"{' and '.join(given)} only affect beam search: set num_beams > 1 or remove them")
+            verb = "affect" if len(given) > 1 else "affects"
+            raise ValueError(f"{' and '.join(given)} only {verb} beam search: set num_beams > 1 or remove them")
+        return self
+
+    @model_validator(mode="after")
+    def _max_memory_needs_device_map(self) -> PyTorchConfig:
+        # Refused rather than ignored: transformers reads max_memory only for these device_map values.
+        if self.max_memory is not None and self.device_map not in DEVICE_MAPS_USING_MAX_MEMORY:
+            raise ValueError(
+                f"max_memory needs device_map set to one of {', '.join(DEVICE_MAPS_USING_MAX_MEMORY)} "
+                f"(it is {self.device_map!r}); transformers ignores max_memory otherwise"
+            )
         return self
 
     @model_validator(mode="after")

@@ -109,12 +109,17 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{path}: required field is missing"
     message = str(err.get("msg", "")).removeprefix("Value error, ")
     if kind == "value_error":
-        return f"{path}: {message}"
+        # Cross-field rules name their fields themselves; a top-level one needs no "(top level)".
+        return f"{path}: {message}" if loc else message
     given = err.get("input")
     shown = repr(given)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return f"{path}: {message} (got {shown})"
+    hint = ""
+    if kind == "string_type" and isinstance(given, (int, float)) and not isinstance(given, bool):
+        # YAML reads 1234567 or 1.10 as a number; a commit id or version must be quoted.
+        hint = f"; YAML read it as a number: write it in quotes, e.g. \"{given}\""
+    return f"{path}: {message} (got {shown}){hint}"
 
 
 def did_you_mean(loc: tuple) -> str:

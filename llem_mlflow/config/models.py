@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import math
+
+from pydantic import Field, field_validator, model_validator
 
 from llem_mlflow.config.backend_configs import PyTorchConfig
+from llem_mlflow.config.base import ConfigSection
 
 # Decoding presets expand before validation; fields the user wrote win.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
@@ -20,27 +23,21 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "factual": {"temperature": 0.3, "do_sample": True},
 }
 
-# from_pretrained() arguments that named fields already set: passthrough may not override them.
-COVERED_FROM_PRETRAINED_KWARGS = frozenset(
-    {
-        "attn_implementation",
-        "dtype",
-        "torch_dtype",
-        "quantization_config",
-        "load_in_4bit",
-        "load_in_8bit",
-        "device_map",
-        "max_memory",
-        "revision",
-        "trust_remote_code",
-    }
-)
+# Keyword arguments that a named field already sets, and that field: passthrough_kwargs may
+# not set them too. from_pretrained() hands keys it does not know to the model config, so a
+# generate() setting such as use_cache or num_beams written there would also act: refuse all
+# names of PyTorchConfig and DecoderConfig fields (filled in below the classes).
+_COVERED_KWARGS: dict[str, str] = {
+    "dtype": "precision",
+    "torch_dtype": "precision",
+    "quantization_config": "pytorch.load_in_4bit / pytorch.load_in_8bit / pytorch.bnb_4bit_*",
+    "max_new_tokens": "max_output_tokens",
+    "max_length": "max_output_tokens",
+}
 
 
-class DecoderConfig(BaseModel):
+class DecoderConfig(ConfigSection):
     """Sampling settings passed to `generate()`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 means greedy")
     do_sample: bool = Field(default=True, description="Sample (true) or decode greedily (false)")
@@ -64,7 +61,8 @@ class DecoderConfig(BaseModel):
         if isinstance(preset, str) and preset in SAMPLING_PRESETS:
             data = {**SAMPLING_PRESETS[preset], **data}
         # temperature 0 alone means greedy; do_sample written as true beside it is refused below.
-        if data.get("temperature") in (0, 0.0) and "do_sample" not in data:
+        temperature = data.get("temperature")
+        if not isinstance(temperature, bool) and temperature in (0, 0.0) and "do_sample" not in data:
             data = {**data, "do_sample": False}
         return data
 
@@ -87,12 +85,13 @@ def _check_presets_name_fields() -> None:
 
 
 _check_presets_name_fields()
+_COVERED_KWARGS.update({name: f"pytorch.{name}" for name in PyTorchConfig.model_fields})
+_COVERED_KWARGS.update({name: f"decoder.{name}" for name in DecoderConfig.model_fields if name != "preset"})
+COVERED_FROM_PRETRAINED_KWARGS = frozenset(_COVERED_KWARGS)
 
 
-class DatasetConfig(BaseModel):
+class DatasetConfig(ConfigSection):
     """Where the prompts come from."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: str = Field(
         default="builtin",
@@ -117,28 +116,22 @@ class DatasetConfig(BaseModel):
         return self
 
 
-class WarmupConfig(BaseModel):
+class WarmupConfig(ConfigSection):
     """Batches generated before the measured window (not counted)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     n_batches: int = Field(default=2, ge=1, description="Warmup generate() calls")
 
 
-class BaselineConfig(BaseModel):
+class BaselineConfig(ConfigSection):
     """Idle GPU power measured before the model loads."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     duration_s: float = Field(default=10.0, gt=0.0, le=600.0, description="Idle measurement length in seconds")
 
 
-class EnergyConfig(BaseModel):
+class EnergyConfig(ConfigSection):
     """Energy meters."""
-
-    model_config = ConfigDict(extra="forbid")
 
     gpu: Literal["auto", "nvml", "off"] = Field(
         default="auto", description="auto: NVML when a GPU is visible; nvml: required (error without it); off"
@@ -150,30 +143,24 @@ class EnergyConfig(BaseModel):
     sample_interval_ms: int = Field(default=100, ge=10, le=10_000, description="Power sampler period in milliseconds")
 
 
-class CooldownConfig(BaseModel):
+class CooldownConfig(ConfigSection):
     """Wait between trials until the GPU is back near its baseline temperature."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
     tolerance_c: float = Field(default=3.0, gt=0.0, description="Degrees above baseline temperature that count as cool")
     timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0, description="Longest wait per cool-down")
 
 
-class RegistryConfig(BaseModel):
+class RegistryConfig(ConfigSection):
     """Register the benchmarked model in the MLflow model registry."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model_name: str = Field(min_length=1, description="Registered model name")
     alias: str | None = Field(default=None, description="Alias to point at the new version")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra version tags")
 
 
-class ExperimentConfig(BaseModel):
+class ExperimentConfig(ConfigSection):
     """One experiment: a model, a prompt set, settings, and what to measure."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="Hub id, local path, random:<preset> or models:/<name>/<version|@alias>")
     backend: Literal["pytorch"] = "pytorch"
@@ -182,7 +169,9 @@ class ExperimentConfig(BaseModel):
     )
     max_input_tokens: int = Field(default=512, ge=1, description="Prompts are truncated to this many tokens")
     max_output_tokens: int = Field(default=128, ge=1, description="max_new_tokens for generate()")
-    random_seed: int = Field(default=42, ge=0, description="Seeds torch, sampling, random: weights and shuffling")
+    random_seed: int = Field(
+        default=42, ge=0, le=2**32 - 1, description="Seeds torch, sampling, random: weights and shuffling (numpy's range)"
+    )
     n_trials: int = Field(default=1, ge=1, le=1000, description="Repeats of the measured phase on the loaded model")
     save_generated_text: bool = Field(default=False, description="Put the generated text in the per-request table")
 
@@ -203,9 +192,33 @@ class ExperimentConfig(BaseModel):
     def _passthrough_not_covered(self) -> ExperimentConfig:
         covered = sorted(COVERED_FROM_PRETRAINED_KWARGS & set(self.passthrough_kwargs))
         if covered:
+            fixes = "; ".join(f"{key} -> {_COVERED_KWARGS[key]}" for key in covered)
             raise ValueError(
                 f"passthrough_kwargs sets {', '.join(covered)}, which named fields already cover: "
-                "use precision / pytorch.* instead"
+                f"use the field instead ({fixes})"
+            )
+        return self
+
+    @field_validator("passthrough_kwargs")
+    @classmethod
+    def _passthrough_is_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every field becomes an MLflow param and must come back equal (params.py writes dicts as JSON).
+        for key, item in value.items():
+            problem = _json_problem(item)
+            if problem:
+                raise ValueError(
+                    f"passthrough_kwargs.{key} {problem}: only JSON values (text, finite numbers, true/false, null, "
+                    "lists, mappings with text keys) can be logged as MLflow params; quote it to pass text"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _synthetic_prompt_fits(self) -> ExperimentConfig:
+        tokens = self.dataset.synthetic_input_tokens
+        if tokens is not None and tokens > self.max_input_tokens:
+            raise ValueError(
+                f"dataset.synthetic_input_tokens ({tokens}) exceeds max_input_tokens ({self.max_input_tokens}): "
+                "the prompts would be truncated; lower it or raise max_input_tokens"
             )
         return self
 
@@ -217,3 +230,18 @@ class ExperimentConfig(BaseModel):
                 f"({self.max_output_tokens}): lower it or raise max_output_tokens"
             )
         return self
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why `value` would not survive a JSON round trip, or None if it would."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"holds {value}, which JSON cannot write"
+    if isinstance(value, list):
+        return next((p for p in map(_json_problem, value) if p), None)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "has a mapping key that is not text"
+        return next((p for p in map(_json_problem, value.values()) if p), None)
+    return f"holds a {type(value).__name__}"

@@ -1,0 +1,95 @@
+"""What a meter returns for one window, with units in the field names.
+
+Every source follows the same small interface: `begin()` opens a window,
+`end()` closes it and returns a reading. A quantity a source could not measure
+is None and the reading's `reason` says why; it is never a made-up 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+R = TypeVar("R", covariant=True)
+
+
+class EnergySource(Protocol[R]):
+    """One meter: a window opens at begin() and closes at end()."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> R: ...
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One sampler tick for one GPU (None: the driver does not report that field)."""
+
+    timestamp_ms: int  # wall clock, ms since the epoch (what MLflow metric history wants)
+    monotonic_s: float  # for integration: immune to clock changes
+    gpu: int  # CUDA (logical) index, the i in timeline/gpu<i>_*
+    power_w: float | None
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = None
+    memory_used_mb: float | None = None
+    utilization_pct: float | None = None
+    throttle_reasons: int | None = None  # NVML clocks-event bitmask
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """NVML energy of one window, per GPU (CUDA index -> joules)."""
+
+    energy_j: dict[int, float]
+    method: str  # "nvml_counter" | "nvml_power_integral"
+    duration_s: float
+    peak_power_w: float | None  # highest sampled total power (all GPUs) in the window
+    samples: int  # sampler ticks inside the window
+
+    @property
+    def total_j(self) -> float:
+        return sum(self.energy_j.values())
+
+    @property
+    def mean_power_w(self) -> float | None:
+        return self.total_j / self.duration_s if self.duration_s > 0 else None
+
+
+@dataclass(frozen=True)
+class HostReading:
+    """CodeCarbon's figures for one window (kWh and kg converted to J and kg)."""
+
+    cpu_j: float
+    ram_j: float
+    gpu_j: float  # CodeCarbon's own GPU figure: a cross-check only, never added to totals
+    emissions_kg: float
+    duration_s: float
+
+
+@dataclass
+class PhaseEnergy:
+    """Everything measured over one phase window (load, warmup, measure, measure/2, ...)."""
+
+    phase: str
+    start_ms: int
+    end_ms: int
+    duration_s: float
+    gpu: GpuReading | None = None
+    gpu_reason: str | None = None  # why gpu is None
+    host: HostReading | None = None
+    host_reason: str | None = None  # why host is None
+    warnings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_j(self) -> float | None:
+        """GPU (NVML) + CPU + RAM (CodeCarbon): the sources measured; None if neither was."""
+        parts = []
+        if self.gpu is not None:
+            parts.append(self.gpu.total_j)
+        if self.host is not None:
+            parts += [self.host.cpu_j, self.host.ram_j]
+        return sum(parts) if parts else None
+
+    @property
+    def total_sources(self) -> list[str]:
+        return (["gpu"] if self.gpu is not None else []) + (["cpu", "ram"] if self.host is not None else [])

@@ -1,0 +1,151 @@
+"""One MLflow run, logged in batches through MlflowClient.
+
+Used by the runner; never imports torch. Under `mlflow run` the run already
+exists (MLFLOW_RUN_ID) and is resumed; otherwise a new run is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from llem_mlflow.errors import TrackingError
+
+# MLflow's per-request limits for log_batch.
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_TAG_VALUE = 8000
+
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class RunLogger:
+    """Batched logging to one MLflow run."""
+
+    def __init__(self, client: Any, run_id: str, created_here: bool):
+        self.client = client
+        self.run_id = run_id
+        self.created_here = created_here
+        self.ended = False
+
+    @classmethod
+    def start(
+        cls,
+        experiment_name: str | None = None,
+        experiment_id: str | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunLogger:
+        """Resume the run `mlflow run` made (MLFLOW_RUN_ID), or create a new one."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient()
+        try:
+            active = os.environ.get("MLFLOW_RUN_ID")
+            if active:
+                client.get_run(active)  # fails clearly if it does not exist
+                return cls(client, active, created_here=False)
+            experiment_id = experiment_id or _experiment_id(client, experiment_name)
+            from mlflow.tracking.context.registry import resolve_tags
+            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+            tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+            return cls(client, run.info.run_id, created_here=True)
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow refused to start the run ({_where()}): {_first_line(exc)}") from None
+        except OSError as exc:  # connection refused etc.
+            raise TrackingError(f"cannot reach the MLflow tracking store ({_where()}): {exc}") from None
+
+    # --- logging ------------------------------------------------------------------
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk, synchronous=True)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk, synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, timestamp_ms: int | None = None) -> None:
+        ts = timestamp_ms or int(time.time() * 1000)
+        self.log_metric_points((name, value, ts, step) for name, value in metrics.items())
+
+    def log_history(self, history: dict[str, list[tuple[int, float]]]) -> None:
+        """Metric histories with their real timestamps (step = sample number)."""
+        self.log_metric_points(
+            (name, value, ts, step) for name, points in history.items() for step, (ts, value) in enumerate(points)
+        )
+
+    def log_metric_points(self, points: Iterable[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        items = [Metric(name, float(value), int(ts), int(step)) for name, value, ts, step in points]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        directory, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, name)
+            path.write_text(text, encoding="utf-8")
+            self.log_artifact(path, directory or None)
+
+    def end(self, status: str) -> None:
+        """Mark the run terminated. Idempotent; the status is one of TERMINAL_STATUSES."""
+        if self.ended:
+            return
+        self.client.set_terminated(self.run_id, status)
+        self.ended = True
+
+    def where(self) -> str:
+        """A line telling the user where the run is."""
+        from mlflow import get_tracking_uri
+
+        uri = get_tracking_uri()
+        run = self.client.get_run(self.run_id)
+        line = f"run_id: {self.run_id} (experiment {run.info.experiment_id}) at {uri}"
+        if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+            line += f"\nsee it with: mlflow ui --backend-store-uri {uri}"
+        return line
+
+
+def _experiment_id(client: Any, name: str | None) -> str:
+    env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name:
+        return env_id or "0"
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _where() -> str:
+    from mlflow import get_tracking_uri
+
+    return f"tracking URI {get_tracking_uri()}"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real MLflow store per test, offline Hugging Face, GPU tests skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Nothing may reach a model hub; random: models and shipped prompts need no network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and NVML (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One random-model cache for the whole session (tests and their subprocesses)."""
+    cache = tmp_path_factory.mktemp("llem-cache")
+    os.environ["LLEM_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite MLflow store in tmp_path, also for subprocesses; cwd is tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """The MLproject folder as a clean clone would have it (no venvs, no run output)."""
+    dest = tmp_path / "project"
+    ignore = shutil.ignore_patterns(".venv*", ".git", "mlruns", "mlartifacts", "*.db", "__pycache__", ".hypothesis", ".pytest_cache", "*.egg-info")
+    shutil.copytree(REPO, dest, ignore=ignore)
+    return dest
