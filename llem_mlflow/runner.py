@@ -26,6 +26,7 @@ from llem_mlflow import __version__
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.config.params import config_hash, config_to_params, config_to_yaml
 from llem_mlflow.progress import progress
+from llem_mlflow.redact import redact
 from llem_mlflow.tracking.run import RunLogger
 
 # Metrics whose spread across trials is reported (mean, std, 95% CI, CV).
@@ -89,7 +90,7 @@ class Experiment:
         return self.state
 
     def log_config(self) -> None:
-        cfg = self.cfg
+        cfg = redacted_config(self.cfg)
         self.logger.log_params(config_to_params(cfg))
         tags = {
             "llem.version": __version__,
@@ -197,7 +198,7 @@ class Experiment:
         out = self.workdir / "artifacts"
         out.mkdir(parents=True, exist_ok=True)
         resolved = {
-            "from_pretrained": loaded.resolved,
+            "from_pretrained": redact(loaded.resolved),
             "generate_kwargs": generator.generate_kwargs,
             "generation_config": generator.resolved_generation_config(),
             "prompt_order": [r.prompt_index for r in self.state.records],
@@ -290,6 +291,11 @@ def run_experiment(
 
 
 # --- small pure helpers ------------------------------------------------------------------
+def redacted_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config as it may be logged: secret-keyed values in user mappings replaced."""
+    return cfg.model_copy(update={"passthrough_kwargs": redact(cfg.passthrough_kwargs), "tags": redact(cfg.tags)})
+
+
 def throughput_metrics(latency: dict[str, float], requests: int, duration_s: float) -> dict[str, float]:
     if duration_s <= 0:
         return {}

@@ -100,3 +100,56 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URI of a real `mlflow server` on 127.0.0.1 (sqlite store, proxied artifacts)."""
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
+
+
+# --- runs that carry the benchmark run contract, made directly with MlflowClient ------------------
+
+DEFAULT_METRICS = {
+    "energy/j_per_output_token": 0.5,
+    "energy/total_j": 40.0,
+    "throughput/output_tokens_per_s": 120.0,
+    "latency/ttft_ms_p50": 20.0,
+    "latency/e2e_ms_p50": 300.0,
+    "memory/process_peak_rss_mb": 900.0,
+}
+
+
+def contract_run(
+    client,
+    experiment_id: str,
+    *,
+    model: str = "random:tiny",
+    device_name: str = "NVIDIA H100 80GB HBM3",
+    device_count: int = 1,
+    device_type: str = "cuda",
+    metrics: dict[str, float] | None = None,
+    overrides: dict | None = None,
+    run_name: str | None = None,
+) -> str:
+    """A FINISHED run holding what a finished `llem-mlflow run` holds (params, metrics, llem.* tags)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from llem_mlflow import __version__
+    from llem_mlflow.config.models import ExperimentConfig
+    from llem_mlflow.config.params import config_hash, config_to_params
+
+    cfg = ExperimentConfig.model_validate({"model": model, **(overrides or {})})
+    tags = {
+        "llem.version": __version__,
+        "llem.config_hash": config_hash(cfg),
+        "llem.model": model,
+        "llem.device.type": device_type,
+        "llem.device.name": device_name,
+        "llem.device.count": str(device_count),
+    }
+    run = client.create_run(experiment_id, run_name=run_name)
+    now = int(time.time() * 1000)
+    values = DEFAULT_METRICS if metrics is None else metrics
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+        params=[Param(k, v) for k, v in config_to_params(cfg).items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

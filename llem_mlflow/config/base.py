@@ -19,9 +19,10 @@ NONE_TEXT = "None"
 
 
 class ConfigSection(BaseModel):
-    """A config section: extra="forbid", and the two guards above."""
+    """A config section: unknown keys, inf/nan, bools as numbers and the text "None" refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan are refused everywhere: no field means anything with them, and JSON cannot write them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Config <-> flat MLflow params, both directions.
 
-Encoding (documented in docs/mlflow-names.md):
+Encoding (documented in docs/config.md, "Config as MLflow params"):
 - every leaf field of every section, dotted: `pytorch.bnb_4bit_quant_type`;
 - None is the string "None" (MLflow's own rendering of None);
 - bools "True"/"False", numbers as Python writes them (floats round-trip exactly);
@@ -37,15 +37,24 @@ def config_to_params(cfg: ExperimentConfig) -> dict[str, str]:
     """Flatten a config into MLflow params (every field, dotted keys)."""
     params: dict[str, str] = {}
     _flatten(cfg, "", params)
+    check_mlflow_limits(params)
+    return params
+
+
+def check_mlflow_limits(params: dict[str, str]) -> None:
+    """Refuse (never truncate) a param MLflow would reject, and the reserved MLproject keys."""
     for key, value in params.items():
+        if key in MLPROJECT_PARAMS:
+            raise ConfigError(f"param {key!r} is reserved: `mlflow run` logs it itself")
         if len(key) > MAX_KEY_LENGTH:
-            raise ConfigError(f"param name {key[:60]!r}... is {len(key)} characters; MLflow allows {MAX_KEY_LENGTH}")
+            raise ConfigError(
+                f"param name {key[:60]!r}... is {len(key)} characters; MLflow allows {MAX_KEY_LENGTH}: use a shorter name"
+            )
         if len(value) > MAX_VALUE_LENGTH:
             raise ConfigError(
                 f"{key} is {len(value)} characters once written as an MLflow param; MLflow allows "
                 f"{MAX_VALUE_LENGTH}: shorten it (long passthrough values belong in a file the model reads)"
             )
-    return params
 
 
 def _flatten(model: BaseModel, prefix: str, out: dict[str, str]) -> None:
@@ -85,8 +94,13 @@ def config_from_params(params: dict[str, str]) -> ExperimentConfig:
             continue
         *parents, leaf = key.split(".")
         node = data
-        for part in parents:
+        for i, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[: i + 1])
+                raise ConfigError(f"MLflow params {section} and {key} conflict: {section} is not a section")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"MLflow param {key} conflicts with the params under {key}.")
         node[leaf] = _decode_value(key, raw)
     return validate_config(data, source="MLflow params")
 

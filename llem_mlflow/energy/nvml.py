@@ -34,15 +34,6 @@ NVML_CLOCK_SM = 1
 NVML_FEATURE_ENABLED = 1
 MIB = 1024 * 1024
 
-# Clocks-event (throttle) reasons that slow the GPU down against our will.
-THROTTLE_REASONS = {
-    0x04: "software power cap",
-    0x08: "hardware slowdown",
-    0x20: "software thermal slowdown",
-    0x40: "hardware thermal slowdown",
-    0x80: "hardware power brake",
-}
-
 _NAMES = {
     NVML_ERROR_UNINITIALIZED: "Uninitialized",
     NVML_ERROR_NOT_SUPPORTED: "NotSupported",

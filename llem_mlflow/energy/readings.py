@@ -62,8 +62,9 @@ class HostReading:
     cpu_j: float
     ram_j: float
     gpu_j: float  # CodeCarbon's own GPU figure: a cross-check only, never added to totals
-    emissions_kg: float
+    emissions_kg: float | None  # None when CodeCarbon logged a problem with the window
     duration_s: float
+    emissions_reason: str | None = None
 
 
 @dataclass

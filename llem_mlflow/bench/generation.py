@@ -1,0 +1,224 @@
+"""Timed, batched generation: one RequestRecord per prompt.
+
+A streamer timestamps every generation step, which gives each request its
+time to first token, inter-token latencies and end-to-end latency (the
+arrival of its last token, counted from just before generate() was called).
+Beam search cannot stream: then only the batch's end-to-end time is measured,
+and ttft_ms is None, itl_ms empty.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llem_mlflow.bench.device import synchronize
+from llem_mlflow.bench.stats import flops_per_output_token  # noqa: F401  (re-exported for the runner)
+
+# Generation fields passed only when sampling: greedy decoding ignores them (and transformers warns).
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p")
+# PyTorchConfig fields that are generate() kwargs of the same name.
+PYTORCH_GENERATE_FIELDS = (
+    "num_beams",
+    "early_stopping",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "prompt_lookup_num_tokens",
+    "use_cache",
+    "cache_implementation",
+)
+
+
+@dataclass
+class Batch:
+    index: int
+    request_indices: list[int]  # positions in the measured order
+    prompt_indices: list[int]  # Prompt.index of each row
+    input_ids: Any  # tensor [rows, length], left-padded, on the model's device
+    attention_mask: Any
+    input_tokens: list[int]  # per row, padding excluded
+
+
+@dataclass
+class RequestRecord:
+    request_index: int
+    batch_index: int
+    prompt_index: int
+    input_tokens: int
+    output_tokens: int  # up to and including the first EOS; padding excluded
+    ttft_ms: float | None
+    itl_ms: list[float]
+    e2e_ms: float
+    text: str | None = None
+
+
+def build_generate_kwargs(cfg, pad_token_id: int | None) -> dict[str, Any]:
+    """generate() kwargs from DecoderConfig and the PyTorchConfig generation fields (None fields omitted)."""
+    dec, pt = cfg.decoder, cfg.pytorch
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_output_tokens, "do_sample": dec.do_sample}
+    if dec.do_sample:
+        for name in SAMPLING_FIELDS:
+            if getattr(dec, name) is not None:
+                kwargs[name] = getattr(dec, name)
+    kwargs["repetition_penalty"] = dec.repetition_penalty  # applies to greedy decoding too
+    if dec.min_new_tokens is not None:
+        kwargs["min_new_tokens"] = dec.min_new_tokens
+    for name in PYTORCH_GENERATE_FIELDS:
+        if getattr(pt, name) is not None:
+            kwargs[name] = getattr(pt, name)
+    if pad_token_id is not None:
+        kwargs["pad_token_id"] = pad_token_id
+    return kwargs
+
+
+class StepClock:
+    """A transformers streamer that only timestamps; the work per step is one append."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.chunks: list[Any] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+        self.chunks.append(value)
+
+    def end(self) -> None:
+        pass
+
+    def token_times(self) -> list[float]:
+        """Arrival time of each new token position (the first put is the prompt)."""
+        out: list[float] = []
+        for t, chunk in zip(self.times[1:], self.chunks[1:]):
+            # [rows] for one step; [1, k] when prompt lookup accepts k tokens at once.
+            out.extend([t] * (chunk.shape[-1] if chunk.dim() == 2 else 1))
+        return out
+
+
+def _streamer_class():
+    # BaseStreamer lives in transformers (heavy): build the subclass on first use.
+    from transformers.generation.streamers import BaseStreamer
+
+    return type("StepClockStreamer", (StepClock, BaseStreamer), {})
+
+
+class Generator:
+    def __init__(self, loaded, cfg) -> None:
+        self.loaded = loaded
+        self.cfg = cfg
+        self.generate_kwargs = build_generate_kwargs(cfg, loaded.tokenizer.pad_token_id)
+        self.streams = (cfg.pytorch.num_beams or 1) == 1
+        self._streamer_cls = _streamer_class() if self.streams else None
+        self._eos_ids = self._eos_token_ids()
+
+    def resolved_generation_config(self) -> dict[str, Any]:
+        """The GenerationConfig generate() builds from the model's defaults and our kwargs (JSON-safe)."""
+        import copy
+
+        model = self.loaded.model
+        try:
+            config = model._prepare_generation_config(None, **self.generate_kwargs)[0]
+        except (AttributeError, TypeError):  # private API changed: same merge, done by hand
+            config = copy.deepcopy(model.generation_config)
+            config.update(**self.generate_kwargs)
+        return _json_safe(config.to_dict())
+
+    def batches(self, prompts) -> list[Batch]:
+        """Tokenized batches in prompt order: truncated to max_input_tokens, left-padded."""
+        size = self.cfg.pytorch.batch_size or 1
+        tokenizer = self.loaded.tokenizer
+        out = []
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start : start + size]
+            enc = tokenizer(
+                [p.text for p in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.cfg.max_input_tokens,
+                return_tensors="pt",
+            )
+            mask = enc["attention_mask"]
+            out.append(
+                Batch(
+                    index=len(out),
+                    request_indices=list(range(start, start + len(chunk))),
+                    prompt_indices=[p.index for p in chunk],
+                    input_ids=enc["input_ids"].to(self.loaded.device),
+                    attention_mask=mask.to(self.loaded.device),
+                    input_tokens=[int(n) for n in mask.sum(dim=1)],
+                )
+            )
+        return out
+
+    def run_batch(self, batch: Batch) -> list[RequestRecord]:
+        """Generate for one batch and time every request."""
+        import torch
+
+        torch.manual_seed(self.cfg.random_seed + batch.index)  # each batch reproducible on its own
+        clock = self._streamer_cls() if self.streams else None
+        with torch.inference_mode():
+            start = time.perf_counter()
+            output = self.loaded.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                streamer=clock,
+                **self.generate_kwargs,
+            )
+            synchronize()
+            end = time.perf_counter()
+        new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
+        token_times = clock.token_times() if clock else []
+        records = []
+        for row, tokens in enumerate(new_tokens):
+            n_out = self._count_output(tokens)
+            if token_times:
+                times = token_times[: max(n_out, 1)]
+                ttft = (times[0] - start) * 1000
+                itl = [(b - a) * 1000 for a, b in zip(times, times[1:])]
+                e2e = (times[-1] - start) * 1000
+            else:
+                ttft, itl, e2e = None, [], (end - start) * 1000
+            text = None
+            if self.cfg.save_generated_text:
+                text = self.loaded.tokenizer.decode(tokens[:n_out], skip_special_tokens=True)
+            records.append(
+                RequestRecord(
+                    request_index=batch.request_indices[row],
+                    batch_index=batch.index,
+                    prompt_index=batch.prompt_indices[row],
+                    input_tokens=batch.input_tokens[row],
+                    output_tokens=n_out,
+                    ttft_ms=ttft,
+                    itl_ms=itl,
+                    e2e_ms=e2e,
+                    text=text,
+                )
+            )
+        return records
+
+    def _count_output(self, tokens: list[int]) -> int:
+        # Up to and including the first EOS: after it a finished row only holds padding.
+        for i, token in enumerate(tokens):
+            if token in self._eos_ids:
+                return i + 1
+        return len(tokens)
+
+    def _eos_token_ids(self) -> frozenset[int]:
+        eos = self.loaded.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.loaded.tokenizer.eos_token_id
+        if eos is None:
+            return frozenset()
+        return frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_dict"):
+        return _json_safe(value.to_dict())
+    return str(value)

@@ -1,0 +1,171 @@
+"""CPU and RAM energy and emissions from CodeCarbon's offline tracker (no network call).
+
+One tracker per window, so its start and stop are our window's edges. Every
+window appends one row (project_name = llem/<phase>) to one CSV in
+`output_dir`, which becomes a run artifact. CodeCarbon catches its own
+exceptions, logs them and returns None: we capture its log and turn a missing
+figure into `CodeCarbonUnavailable` with that reason, never into a 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from llem_mlflow.energy.readings import HostReading
+from llem_mlflow.errors import EnergyError
+
+JOULES_PER_KWH = 3.6e6
+CSV_NAME = "emissions.csv"
+# CodeCarbon's CPU modes (codecarbon.external.hardware.CPU._mode) -> how it got the figure.
+_CPU_MODES = {
+    "intel_rapl": "RAPL (measured by the CPU's energy counters)",
+    "intel_power_gadget": "Intel Power Gadget (measured)",
+    "windows_emi": "Windows EMI (measured)",
+    "apple_powermetrics": "powermetrics (measured)",
+    "cpu_load": "estimate: CPU load x TDP",
+    "constant": "estimate: constant 50% of TDP",
+}
+
+
+class CodeCarbonUnavailable(EnergyError):
+    """CodeCarbon gave no figure for a window; the message is the reason."""
+
+
+class _Capture(logging.Handler):
+    """Keeps CodeCarbon's warnings and errors: the only trace of the exceptions it swallows."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        if text not in ("graceful shutdown. Exceptions:", "stopping.") and "Multiple instances" not in text:
+            self.messages.append(text)
+            if record.levelno >= logging.ERROR:
+                self.errors.append(text)
+
+
+def _quiet_codecarbon(capture: _Capture) -> None:
+    logger = logging.getLogger("codecarbon")
+    logger.setLevel(logging.WARNING)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)  # its own console output: errors only
+    if capture not in logger.handlers:
+        logger.addHandler(capture)
+
+
+class CodeCarbonSource:
+    """begin(phase)/end() -> HostReading, or CodeCarbonUnavailable with the reason."""
+
+    def __init__(self, country_iso_code: str, output_dir: Path, gpu_ids: list[int] | None = None):
+        self.country_iso_code = country_iso_code
+        self.output_dir = Path(output_dir)
+        self.gpu_ids = gpu_ids
+        self.cpu_method: str | None = None  # known after the first window
+        self._tracker: Any = None
+        self._capture = _Capture()
+        self._start_error: str | None = None
+
+    @property
+    def csv_path(self) -> Path:
+        return self.output_dir / CSV_NAME
+
+    def begin(self, phase: str = "window") -> None:
+        self._capture.messages.clear()
+        self._capture.errors.clear()
+        self._tracker, self._start_error = None, None
+        try:
+            from codecarbon import OfflineEmissionsTracker
+
+            _quiet_codecarbon(self._capture)  # after the import, which installs its console handler
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._tracker = OfflineEmissionsTracker(
+                country_iso_code=self.country_iso_code,
+                project_name=f"llem/{phase}",
+                output_dir=str(self.output_dir),
+                output_file=CSV_NAME,
+                measure_power_secs=1,
+                gpu_ids=self.gpu_ids,
+                tracking_mode="machine",
+                allow_multiple_runs=True,  # no lock file shared with other processes
+                log_level="warning",
+            )
+            _quiet_codecarbon(self._capture)  # its __init__ resets the level
+            self._tracker.start()
+            self.cpu_method = self.cpu_method or describe_cpu_method(self._tracker)
+        except Exception as exc:  # an import or init failure: the window is unavailable, the run goes on
+            self._start_error = f"{type(exc).__name__}: {exc}"
+
+    def end(self) -> HostReading:
+        tracker, self._tracker = self._tracker, None
+        if tracker is None:
+            raise CodeCarbonUnavailable(self._start_error or "the tracker did not start")
+        try:
+            emissions = tracker.stop()
+        except Exception as exc:
+            raise CodeCarbonUnavailable(f"stop() raised {type(exc).__name__}: {exc}") from None
+        data = getattr(tracker, "final_emissions_data", None)
+        if emissions is None or data is None:
+            raise CodeCarbonUnavailable(self._reason("stop() returned no emissions"))
+        figures = [data.cpu_energy, data.ram_energy, data.gpu_energy, emissions]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in figures):
+            raise CodeCarbonUnavailable(self._reason(f"stop() returned invalid figures {figures}"))
+        return HostReading(
+            cpu_j=data.cpu_energy * JOULES_PER_KWH,
+            ram_j=data.ram_energy * JOULES_PER_KWH,
+            gpu_j=data.gpu_energy * JOULES_PER_KWH,
+            emissions_kg=None if self._capture.errors else float(emissions),
+            emissions_reason=f"CodeCarbon logged errors: {'; '.join(self._capture.errors[-3:])}" if self._capture.errors else None,
+            duration_s=float(data.duration),
+        )
+
+    def close(self) -> None:
+        """Stop a tracker left running by an aborted window; never raises."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            try:
+                tracker.stop()
+            except Exception:
+                pass
+
+    def _reason(self, fallback: str) -> str:
+        logged = "; ".join(self._capture.messages[-3:])
+        return f"{fallback} (CodeCarbon logged: {logged})" if logged else fallback
+
+
+def country_problem(country_iso_code: str) -> str | None:
+    """Why CodeCarbon cannot price this country's grid, or None when it can (reads its bundled table)."""
+    try:
+        from codecarbon.input import DataSource
+
+        known = DataSource().get_global_energy_mix_data()
+    except Exception as exc:
+        return f"cannot read CodeCarbon's energy-mix table ({type(exc).__name__}: {exc})"
+    if country_iso_code not in known:
+        return (
+            f"energy.country_iso_code {country_iso_code!r} is not in CodeCarbon's energy-mix table: "
+            "use an ISO 3166-1 alpha-3 code such as USA, FRA, DEU"
+        )
+    return None
+
+
+def describe_cpu_method(tracker: Any) -> str:
+    """How CodeCarbon measures the CPU, read from the tracker's hardware list."""
+    for hardware in getattr(tracker, "_hardware", []):
+        mode = getattr(hardware, "_mode", None)
+        if type(hardware).__name__ == "CPU" and mode:
+            text = _CPU_MODES.get(mode, mode)
+            tdp = getattr(hardware, "_tdp", None)
+            if text.startswith("estimate") and tdp:
+                generic = ", generic TDP: CPU model not in its table" if getattr(hardware, "_is_generic_tdp", False) else ""
+                text += f" ({tdp} W{generic})"
+            return text
+    return "unknown (CodeCarbon reported no CPU)"

@@ -1,0 +1,375 @@
+"""EnergyMonitor: the one object the runner uses to measure energy, phase by phase.
+
+It owns one window per phase over two sources (NVML for the GPUs, CodeCarbon
+for CPU, RAM and emissions), the idle baseline, the power sampler and the
+validity warnings. It never raises for a meter that fails mid-run: the
+quantity goes absent and a tag says why. It raises EnergyError only for bad
+input found at construction (energy.gpu: nvml without NVML, an unknown
+country code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from llem_mlflow.energy import warnings as checks
+from llem_mlflow.energy.baseline import Baseline, dynamic_energy_j, measure_idle_power
+from llem_mlflow.energy.codecarbon_source import CodeCarbonSource, CodeCarbonUnavailable, country_problem
+from llem_mlflow.energy.devices import select_gpus
+from llem_mlflow.energy.nvml import (
+    NVML_TEMPERATURE_GPU,
+    GpuDevice,
+    NvmlError,
+    NvmlGpuSource,
+    PowerSampler,
+    all_uuids,
+    integrate_power_j,
+    open_device,
+    open_nvml,
+    running_pids,
+    samples_in,
+)
+from llem_mlflow.energy.readings import PhaseEnergy
+from llem_mlflow.energy.timeline import metric_histories, plot_power, write_table
+from llem_mlflow.errors import EnergyError
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EnergyMonitor:
+    def __init__(self, cfg: Any, synchronize: Callable[[], None], nvml: Any = None):
+        self.cfg = cfg
+        self._readings: dict[str, PhaseEnergy] = {}
+        self._phases: dict[str, tuple[int, int]] = {}  # phase -> (start_ms, end_ms), for the plot
+        self._windows_s: dict[str, tuple[float, float]] = {}  # phase -> monotonic (start, end)
+        self._open: tuple[str, int, float] | None = None  # (phase, start_ms, monotonic start)
+        self._pids_at_begin: dict[int, list[int] | None] = {}
+        self._gpu_begin_error: str | None = None
+        self._baseline: Baseline | None = None
+        self._baseline_note = "skipped: measure_baseline() was not called"
+        self._closed = False
+        self._workdir = Path(tempfile.mkdtemp(prefix="llem-energy-"))
+
+        self._nvml, self._devices, self._sampler, self._gpu = None, [], None, None
+        self._driver = "unknown"
+        self.gpu_reason = self._open_gpus(nvml, synchronize)
+        if self.gpu_reason and cfg.energy.gpu == "nvml":
+            self.close()
+            raise EnergyError(
+                f"energy.gpu is 'nvml' but GPU energy cannot be measured here: {self.gpu_reason}. "
+                "Fix the GPU setup, or set energy.gpu: auto to run without GPU energy"
+            )
+
+        self._codecarbon: CodeCarbonSource | None = None
+        self.codecarbon_reason: str | None = "off: energy.codecarbon is false"
+        if cfg.energy.codecarbon:
+            problem = country_problem(cfg.energy.country_iso_code)
+            if problem:
+                self.close()
+                raise EnergyError(problem)
+            gpu_ids = [d.target.nvml_index for d in self._devices] or None
+            self._codecarbon = CodeCarbonSource(cfg.energy.country_iso_code, self._workdir / "codecarbon", gpu_ids)
+            self.codecarbon_reason = None
+
+    # --- setup -----------------------------------------------------------------
+
+    def _open_gpus(self, lib: Any, synchronize: Callable[[], None]) -> str | None:
+        """Open NVML and the GPUs the model uses; the reason when GPU energy will be absent."""
+        if self.cfg.energy.gpu == "off":
+            return "energy.gpu is off"
+        try:
+            self._nvml = open_nvml(lib)
+            targets, reason = select_gpus(
+                self.cfg.pytorch.device_map, os.environ.get("CUDA_VISIBLE_DEVICES"), all_uuids(self._nvml)
+            )
+            if reason:
+                return reason
+            self._devices = [open_device(self._nvml, t) for t in targets]
+            driver = self._nvml.optional("nvmlSystemGetDriverVersion")  # read now: tags() may come after close()
+            self._driver = driver.decode() if isinstance(driver, bytes) else str(driver or "unknown")
+        except NvmlError as exc:
+            return str(exc)
+        interval_s = self.cfg.energy.sample_interval_ms / 1000.0
+        self._sampler = PowerSampler(self._nvml, self._devices, interval_s)
+        self._gpu = NvmlGpuSource(self._nvml, self._devices, self._sampler, synchronize)
+        return None
+
+    # --- windows -----------------------------------------------------------------
+
+    def measure_baseline(self) -> None:
+        """Mean idle power per GPU over baseline.duration_s, before the model loads."""
+        if not self.cfg.baseline.enabled:
+            self._baseline_note = "skipped: baseline.enabled is false"
+            return
+        if self._gpu is None:
+            self._baseline_note = f"skipped: no GPU measured ({self.gpu_reason})"
+            return
+        start_ms, start_s = _now_ms(), time.monotonic()
+        self._sampler.start()
+        try:
+            self._baseline = measure_idle_power(self._gpu, self.cfg.baseline.duration_s)
+            self._baseline_note = f"measured: {self._baseline.duration_s:.1f} s idle, {self._baseline.method}"
+        except NvmlError as exc:
+            self._baseline_note = f"failed: {exc}"
+        self._phases["baseline"] = (start_ms, _now_ms())
+        self._windows_s["baseline"] = (start_s, time.monotonic())
+
+    def baseline_temperature_c(self) -> float | None:
+        """Mean idle temperature of the hottest measured GPU during the baseline (None: no baseline)."""
+        if self._baseline is None or "baseline" not in self._windows_s:
+            return None
+        window = samples_in(self._sampler.samples, *self._windows_s["baseline"])
+        means = []
+        for d in self._devices:
+            temps = [s.temperature_c for s in window if s.gpu == d.target.cuda_index and s.temperature_c is not None]
+            if temps:
+                means.append(sum(temps) / len(temps))
+        return max(means) if means else None
+
+    def gpu_temperature_c(self) -> float | None:
+        """Current temperature of the hottest measured GPU, read now (None: unavailable). Never raises."""
+        if self._nvml is None or self._closed:
+            return None
+        temps = [self._nvml.optional("nvmlDeviceGetTemperature", d.handle, NVML_TEMPERATURE_GPU) for d in self._devices]
+        temps = [float(t) for t in temps if t is not None]
+        return max(temps) if temps else None
+
+    def begin(self, phase: str) -> None:
+        if self._open is not None:
+            raise EnergyError(f"energy window {self._open[0]!r} is still open: end it before beginning {phase!r}")
+        if self._codecarbon is not None:
+            self._codecarbon.begin(phase)  # first: building its tracker takes a while, outside the GPU window
+        gpu_error, start_s = None, time.monotonic()  # before the GPU edge, so its power tick is inside
+        if self._gpu is not None:
+            self._sampler.start()
+            if phase.startswith("measure"):
+                self._pids_at_begin = {d.target.cuda_index: running_pids(self._nvml, d) for d in self._devices}
+            try:
+                self._gpu.begin()
+            except NvmlError as exc:  # e.g. the synchronize or a counter read failed
+                gpu_error = str(exc)
+        self._open = (phase, _now_ms(), start_s)
+        self._gpu_begin_error = gpu_error
+
+    def end(self, phase: str) -> PhaseEnergy:
+        if self._open is None or self._open[0] != phase:
+            raise EnergyError(f"energy window {phase!r} was not begun")
+        _, start_ms, start_s = self._open
+        self._open = None
+        reading = PhaseEnergy(phase=phase, start_ms=start_ms, end_ms=0, duration_s=0.0)
+        if self._gpu is None:
+            reading.gpu_reason = self.gpu_reason
+        elif self._gpu_begin_error:
+            reading.gpu_reason = self._gpu_begin_error
+        else:
+            try:
+                reading.gpu = self._gpu.end()
+            except NvmlError as exc:
+                reading.gpu_reason = str(exc)
+        reading.duration_s = reading.gpu.duration_s if reading.gpu else time.monotonic() - start_s
+        reading.end_ms = _now_ms()
+        if self._codecarbon is None:
+            reading.host_reason = self.codecarbon_reason
+        else:
+            try:
+                reading.host = self._codecarbon.end()
+            except CodeCarbonUnavailable as exc:
+                reading.host_reason = str(exc)
+        if phase.startswith("measure"):
+            reading.warnings = self._window_warnings(reading, start_s)
+        self._readings[phase] = reading
+        self._phases[phase] = (start_ms, reading.end_ms)
+        self._windows_s[phase] = (start_s, time.monotonic())
+        return reading
+
+    def _window_warnings(self, reading: PhaseEnergy, start_s: float) -> dict[str, str]:
+        found = {"short_window": checks.short_window(reading.duration_s)}
+        if self._gpu is not None:
+            window = samples_in(self._sampler.samples, start_s - 0.5, time.monotonic())
+            pids_at_end = {d.target.cuda_index: running_pids(self._nvml, d) for d in self._devices}
+            pids = {
+                gpu: None if pids_at_end[gpu] is None else (self._pids_at_begin.get(gpu) or []) + pids_at_end[gpu]
+                for gpu in pids_at_end
+            }
+            found["throttling"] = checks.throttling(window)
+            found["temperature_rise"] = checks.temperature_rise(window)
+            found["other_processes"] = checks.other_processes(pids, os.getpid())
+            found["persistence_mode_off"] = checks.persistence_mode_off(
+                {d.target.cuda_index: d.persistence_mode for d in self._devices}
+            )
+        return {name: text for name, text in found.items() if text}
+
+    def close(self) -> None:
+        """Stop the sampler and CodeCarbon and shut NVML down. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        for step in (
+            lambda: self._sampler and self._sampler.stop(),
+            lambda: self._codecarbon and self._codecarbon.close(),
+            lambda: self._nvml and self._nvml.optional("nvmlShutdown"),
+        ):
+            try:
+                step()
+            except Exception as exc:  # closing must never mask the run's real outcome
+                log.warning("energy monitor close: %s", exc)
+
+    # --- results ---------------------------------------------------------------------
+
+    def metrics(self, measured: PhaseEnergy, output_tokens: int, requests: int) -> dict[str, float]:
+        """MLflow metrics for the measured window; a quantity not measured is absent, never 0."""
+        m: dict[str, float] = {}
+        dynamic_j = None
+        if measured.gpu is not None:
+            m["energy/gpu_j"] = measured.gpu.total_j
+            for gpu, joules in sorted(measured.gpu.energy_j.items()):
+                m[f"energy/gpu{gpu}_j"] = joules
+            if measured.gpu.mean_power_w is not None:
+                m["power/gpu_mean_w"] = measured.gpu.mean_power_w
+            if measured.gpu.peak_power_w is not None:
+                m["power/gpu_peak_w"] = measured.gpu.peak_power_w
+            if self._baseline is not None:
+                dynamic_j = dynamic_energy_j(measured.gpu.total_j, self._baseline.total_w, measured.gpu.duration_s)
+                m["energy/gpu_dynamic_j"] = dynamic_j
+        if self._baseline is not None:
+            m["power/gpu_baseline_w"] = self._baseline.total_w
+        if measured.host is not None:
+            m["energy/cpu_j"] = measured.host.cpu_j
+            m["energy/ram_j"] = measured.host.ram_j
+            if measured.host.emissions_kg is not None:
+                m["emissions/kg_co2eq"] = measured.host.emissions_kg
+        total_j = measured.total_j
+        if total_j is not None:
+            m["energy/total_j"] = total_j
+            if output_tokens > 0:
+                m["energy/j_per_output_token"] = total_j / output_tokens
+            if requests > 0:
+                m["energy/j_per_request"] = total_j / requests
+        if dynamic_j is not None and output_tokens > 0:
+            m["energy/dynamic_j_per_output_token"] = dynamic_j / output_tokens
+        for phase in ("load", "warmup"):
+            phase_j = self._readings[phase].total_j if phase in self._readings else None
+            if phase_j is not None:
+                m[f"energy/{phase}_j"] = phase_j
+        return m
+
+    def tags(self) -> dict[str, str]:
+        """llem.energy.*, llem.gpu.* and llem.warning.* tags."""
+        measured = [r for phase, r in self._readings.items() if phase.startswith("measure")]
+        tags = {
+            "llem.energy.gpu_method": self._gpu_method(measured),
+            "llem.energy.cpu_method": self._cpu_method(measured),
+            "llem.energy.baseline": self._baseline_note,
+        }
+        if measured:
+            tags["llem.energy.total_sources"] = "+".join(measured[-1].total_sources) or "none"
+            emissions_reasons = [r.host.emissions_reason for r in measured if r.host and r.host.emissions_reason]
+            if emissions_reasons:
+                tags["llem.energy.emissions"] = f"unavailable: {emissions_reasons[-1]}"
+        if self._codecarbon is not None:
+            tags.setdefault("llem.energy.emissions", f"CodeCarbon offline, country {self.cfg.energy.country_iso_code}")
+        if self._sampler is not None and self._sampler.error:
+            tags["llem.energy.sampler"] = self._sampler.error
+        tags.update(self._gpu_tags())
+        for reading in measured:
+            for name, text in reading.warnings.items():
+                prefix = "" if len(measured) == 1 else f"{reading.phase}: "
+                key = f"llem.warning.{name}"
+                tags[key] = f"{tags[key]} | {prefix}{text}" if key in tags else f"{prefix}{text}"
+        return {k: v[:5000] for k, v in tags.items()}  # MLflow's tag value limit is generous, but not infinite
+
+    def _gpu_method(self, measured: list[PhaseEnergy]) -> str:
+        if self._gpu is None:
+            return f"unavailable: {self.gpu_reason}"
+        methods = sorted({r.gpu.method for r in measured if r.gpu is not None})
+        failures = [r.gpu_reason for r in measured if r.gpu is None and r.gpu_reason]
+        if failures and not methods:
+            return f"unavailable: {failures[-1]}"
+        return "+".join(methods) if methods else self._gpu.method
+
+    def _cpu_method(self, measured: list[PhaseEnergy]) -> str:
+        if self._codecarbon is None:
+            return f"unavailable: {self.codecarbon_reason}"
+        failures = [r.host_reason for r in measured if r.host is None and r.host_reason]
+        if failures:
+            return f"unavailable: {failures[-1]}"
+        return f"CodeCarbon {self._codecarbon.cpu_method or 'not started yet'}"
+
+    def _gpu_tags(self) -> dict[str, str]:
+        if not self._devices:
+            return {}
+
+        def each(values: list[Any]) -> str:
+            return ",".join("unknown" if v is None else str(v) for v in values)
+
+        return {
+            "llem.gpu.indices": each([d.target.cuda_index for d in self._devices]),
+            "llem.gpu.name": each([d.name for d in self._devices]),
+            "llem.gpu.uuid": each([d.target.uuid for d in self._devices]),
+            "llem.gpu.driver": self._driver,
+            "llem.gpu.power_limit_w": each([None if d.power_limit_w is None else f"{d.power_limit_w:g}" for d in self._devices]),
+            "llem.gpu.persistence_mode": each(
+                [None if d.persistence_mode is None else ("on" if d.persistence_mode else "off") for d in self._devices]
+            ),
+            "llem.gpu.mig": each([d.mig for d in self._devices]),
+        }
+
+    def sampled_energy_j(self, phase: str) -> float | None:
+        """Cross-check: sampled power integrated over a finished phase, all GPUs (None without samples)."""
+        if self._sampler is None or phase not in self._windows_s:
+            return None
+        window = samples_in(self._sampler.samples, *self._windows_s[phase])
+        parts = [integrate_power_j(window, d.target.cuda_index) for d in self._devices]
+        return None if any(p is None for p in parts) else sum(parts)
+
+    def timeline(self) -> dict[str, list[tuple[int, float]]]:
+        return metric_histories(self._sampler.samples) if self._sampler is not None else {}
+
+    def write_artifacts(self, directory: Path) -> list[Path]:
+        """Timeline table, CodeCarbon CSV, per-phase energy JSON and plots/power_timeline.png."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        samples = self._sampler.samples if self._sampler is not None else []
+        if samples:
+            written.append(write_table(samples, directory))
+            baseline_w = self._baseline.power_w if self._baseline else {}
+            written.append(plot_power(samples, self._phases, baseline_w, directory / "plots" / "power_timeline.png"))
+        if self._codecarbon is not None and self._codecarbon.csv_path.exists():
+            written.append(Path(shutil.copy(self._codecarbon.csv_path, directory / "codecarbon_emissions.csv")))
+        phases_path = directory / "energy_phases.json"
+        phases_path.write_text(json.dumps(self._phases_summary(), indent=2))
+        written.append(phases_path)
+        return written
+
+    def _phases_summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {}
+        if self._baseline is not None:
+            summary["baseline"] = {"power_w": self._baseline.power_w, "duration_s": self._baseline.duration_s}
+        for phase, r in self._readings.items():
+            summary[phase] = {
+                "start_ms": r.start_ms,
+                "end_ms": r.end_ms,
+                "duration_s": r.duration_s,
+                "gpu_j": r.gpu.energy_j if r.gpu else None,
+                "gpu_method": r.gpu.method if r.gpu else f"unavailable: {r.gpu_reason}",
+                "cpu_j": r.host.cpu_j if r.host else None,
+                "ram_j": r.host.ram_j if r.host else None,
+                "codecarbon_gpu_j": r.host.gpu_j if r.host else None,
+                "emissions_kg": r.host.emissions_kg if r.host else None,
+                "host_reason": r.host_reason,
+                "total_j": r.total_j,
+                "warnings": r.warnings,
+            }
+        return summary

@@ -1,0 +1,133 @@
+"""The study's results on its parent run: a table, a comparison plot, the best point per headline metric.
+
+Built from what the children logged in MLflow (not from this process's
+memory), so a resumed study summarises the runs of every session.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llem_mlflow.sweep.resume import CONFIG_HASH_TAG, children
+from llem_mlflow.sweep.study import Study
+
+# Headline metric -> which direction is better.
+HEADLINE_METRICS = {
+    "energy/j_per_output_token": "min",
+    "throughput/output_tokens_per_s": "max",
+    "latency/ttft_ms_p50": "min",
+    "emissions/kg_co2eq": "min",
+}
+PLOT_X = "throughput/output_tokens_per_s"
+PLOT_Y = "energy/j_per_output_token"
+REPEAT_TAG = "llem.sweep.repeat"
+
+
+def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Log summary.csv, the comparison plot and best-point metrics/tags on the parent; return the rows."""
+    runs = children(client, experiment_id, parent_id)
+    rows = summary_rows(study, runs)
+    client.log_text(parent_id, rows_to_csv(rows), "sweep/summary.csv")
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    best = best_points(point_means(finished))
+    for metric, (point, value) in best.items():
+        client.log_metric(parent_id, f"best/{metric}", value)
+        client.set_tag(parent_id, f"llem.sweep.best.{metric}", point)
+    missing = [m for m in HEADLINE_METRICS if m not in best]
+    if missing:
+        client.set_tag(parent_id, "llem.sweep.best_missing", f"no finished run logged {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="llem-sweep-plot-") as tmp:
+        plot = comparison_plot(finished, Path(tmp) / "comparison.png")
+        if plot is None:
+            client.set_tag(parent_id, "llem.sweep.plot_skipped", f"no finished run logged both {PLOT_X} and {PLOT_Y}")
+        else:
+            client.log_artifact(parent_id, str(plot), "sweep")
+    for metric, (point, value) in best.items():
+        echo(f"best {metric}: {point} ({value:.6g})")
+    return rows
+
+
+def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
+    """One row per child run: point, repeat, status, swept values, every scalar metric it logged."""
+    by_hash = {p.config_hash: p for p in study.points}
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        point = by_hash.get(tags.get(CONFIG_HASH_TAG, ""))
+        row: dict[str, Any] = {
+            "point": point.name if point else tags.get("llem.sweep.point", ""),
+            "repeat": tags.get(REPEAT_TAG, ""),
+            "status": run.info.status,
+            "run_id": run.info.run_id,
+            "config_hash": tags.get(CONFIG_HASH_TAG, ""),
+        }
+        for key in study.swept:
+            row[key] = run.data.params.get(key, "")
+        row.update({k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith("timeline/")})
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns or ["point"], restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def point_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """point -> headline metric -> mean over its finished repeats (absent metrics stay absent)."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for metric in HEADLINE_METRICS:
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                sums.setdefault(row["point"], {}).setdefault(metric, []).append(float(value))
+    return {p: {m: sum(v) / len(v) for m, v in ms.items()} for p, ms in sums.items()}
+
+
+def best_points(means: dict[str, dict[str, float]]) -> dict[str, tuple[str, float]]:
+    """headline metric -> (best point, its mean value)."""
+    best: dict[str, tuple[str, float]] = {}
+    for metric, direction in HEADLINE_METRICS.items():
+        candidates = [(values[metric], point) for point, values in means.items() if metric in values]
+        if candidates:
+            value, point = (min if direction == "min" else max)(candidates)
+            best[metric] = (point, value)
+    return best
+
+
+def comparison_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Energy per output token against throughput, one labelled marker per run; None without data."""
+    points = [(r[PLOT_X], r[PLOT_Y], r["point"]) for r in rows if PLOT_X in r and PLOT_Y in r]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    try:
+        ax.scatter([p[0] for p in points], [p[1] for p in points])
+        for x, y, label in points:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("throughput (output tokens / s)")
+        ax.set_ylabel("energy per output token (J)")
+        ax.set_title("Sweep: energy vs throughput (lower right is better)")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,296 @@
+"""Compare benchmark runs: the params that differ and the key metrics, with units.
+
+`load_comparison` reads runs (an experiment's, or given ids) into a `Comparison`;
+`render` writes it as table, csv, json or markdown; `plot_pareto` draws energy per
+token against throughput with the Pareto front; `log_summary_run` logs all of it
+to a new summary run. No torch; mlflow and matplotlib are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llem_mlflow.errors import TrackingError
+from llem_mlflow.tracking import version_tags as vt
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+FORMATS = ("table", "csv", "json", "markdown")
+ENERGY_METRIC = "energy/j_per_output_token"
+THROUGHPUT_METRIC = "throughput/output_tokens_per_s"
+# Key metrics, in display order, with units (a column appears when at least one run has it).
+KEY_METRICS: dict[str, str] = dict(vt.HEADLINE_METRICS)
+# Summary runs carry this tag, so a later `compare --experiment` leaves them out.
+TAG_SUMMARY = "llem.compare.summary"
+TAG_COMPARED_RUNS = "llem.compare.run_ids"
+MISSING = "-"
+
+
+@dataclass
+class ComparedRun:
+    run_id: str
+    run_name: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass
+class Comparison:
+    runs: list[ComparedRun]
+    differing_params: list[str]
+    metrics: list[str]  # key metrics present in at least one run
+
+    def header(self) -> list[str]:
+        return ["run", *self.differing_params, *(metric_label(m) for m in self.metrics)]
+
+    def rows(self, missing: str = MISSING) -> list[list[str]]:
+        return [
+            [
+                run.run_name,
+                *(run.params.get(p, missing) for p in self.differing_params),
+                *(_format_number(run.metrics[m]) if m in run.metrics else missing for m in self.metrics),
+            ]
+            for run in self.runs
+        ]
+
+
+def metric_label(metric: str) -> str:
+    return f"{metric} [{KEY_METRICS[metric]}]"
+
+
+def load_comparison(
+    client: MlflowClient, run_ids: list[str] | None = None, experiment: str | None = None
+) -> Comparison:
+    """The runs given by id, or every llem run (tag llem.config_hash) of the named experiment."""
+    if bool(run_ids) == bool(experiment):
+        raise TrackingError("compare needs either --experiment NAME or one or more RUN_IDs (not both)")
+    runs = _runs_of_experiment(client, experiment) if experiment else [_get_run(client, r) for r in run_ids]
+    compared = [
+        ComparedRun(
+            run_id=r.info.run_id,
+            run_name=r.info.run_name or r.info.run_id[:8],
+            params=dict(r.data.params),
+            metrics={k: v for k, v in r.data.metrics.items() if k in KEY_METRICS},
+        )
+        for r in runs
+    ]
+    _disambiguate_names(compared)
+    return Comparison(compared, _differing_params(compared), [m for m in KEY_METRICS if any(m in r.metrics for r in compared)])
+
+
+def _runs_of_experiment(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise TrackingError(f"no experiment named {name!r} at {client.tracking_uri}; check the name or MLFLOW_TRACKING_URI")
+    runs = []
+    page_token = None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{vt.TAG_CONFIG_HASH}` != ''",
+            order_by=["attributes.start_time ASC"],
+            page_token=page_token,
+        )
+        runs.extend(r for r in page if r.data.tags.get(TAG_SUMMARY) != "true")
+        page_token = page.token
+        if not page_token:
+            break
+    if not runs:
+        raise TrackingError(f"experiment {name!r} holds no llem-mlflow runs (runs tagged {vt.TAG_CONFIG_HASH})")
+    return runs
+
+
+def _get_run(client: MlflowClient, run_id: str):
+    from llem_mlflow.tracking.registry import get_run
+
+    return get_run(client, run_id)
+
+
+def _differing_params(runs: list[ComparedRun]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.params})
+    if len(runs) < 2:
+        return []
+    return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+
+
+def _disambiguate_names(runs: list[ComparedRun]) -> None:
+    """Two runs with one name get their short id appended, so every row is identifiable."""
+    names = [r.run_name for r in runs]
+    for run in runs:
+        if names.count(run.run_name) > 1:
+            run.run_name = f"{run.run_name} ({run.run_id[:8]})"
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+# --- output formats -------------------------------------------------------------------------------
+
+
+def render(comparison: Comparison, fmt: str) -> str:
+    if fmt == "table":
+        return _render_table(comparison)
+    if fmt == "csv":
+        return _render_csv(comparison)
+    if fmt == "json":
+        return _render_json(comparison)
+    if fmt == "markdown":
+        return _render_markdown(comparison)
+    raise TrackingError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def _render_table(comparison: Comparison) -> str:
+    header = comparison.header()
+    rows = comparison.rows()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _render_csv(comparison: Comparison) -> str:
+    """Full precision numbers, run id column, empty cell for a quantity not measured."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id", *comparison.header()])
+    for run in comparison.runs:
+        writer.writerow(
+            [
+                run.run_id,
+                run.run_name,
+                *(run.params.get(p, "") for p in comparison.differing_params),
+                *(repr(run.metrics[m]) if m in run.metrics else "" for m in comparison.metrics),
+            ]
+        )
+    return out.getvalue()
+
+
+def _render_json(comparison: Comparison) -> str:
+    """Units once, then one object per run; a metric not measured is absent from its run."""
+    payload = {
+        "units": {m: KEY_METRICS[m] for m in comparison.metrics},
+        "differing_params": comparison.differing_params,
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "run_name": r.run_name,
+                "params": {p: r.params.get(p) for p in comparison.differing_params},
+                "metrics": {m: r.metrics[m] for m in comparison.metrics if m in r.metrics},
+            }
+            for r in comparison.runs
+        ],
+    }
+    return json.dumps(payload, indent=2) + "\n"
+
+
+def _render_markdown(comparison: Comparison) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    header = comparison.header()
+    lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    lines += [line(row) for row in comparison.rows()]
+    return "\n".join(lines) + "\n"
+
+
+# --- Pareto plot ------------------------------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (throughput, energy per token) that no other point beats.
+
+    A point is dominated when another has throughput >= and energy <=, one of them strictly.
+    """
+    front = []
+    for i, (tp_i, e_i) in enumerate(points):
+        dominated = any(
+            tp_j >= tp_i and e_j <= e_i and (tp_j > tp_i or e_j < e_i) for j, (tp_j, e_j) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_pareto(comparison: Comparison, path: str | Path) -> Path:
+    """Energy per output token against throughput, Pareto front marked; runs missing either are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plotted = [r for r in comparison.runs if ENERGY_METRIC in r.metrics and THROUGHPUT_METRIC in r.metrics]
+    if not plotted:
+        raise TrackingError(
+            f"no run has both {ENERGY_METRIC} and {THROUGHPUT_METRIC}; nothing to plot (leave out --plot)"
+        )
+    points = [(r.metrics[THROUGHPUT_METRIC], r.metrics[ENERGY_METRIC]) for r in plotted]
+    front = sorted(pareto_front(points), key=lambda i: points[i][0])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:gray", label="runs", zorder=2)
+    ax.plot(
+        [points[i][0] for i in front], [points[i][1] for i in front],
+        marker="o", color="tab:red", label="Pareto front", zorder=3,
+    )  # fmt: skip
+    for run, (x, y) in zip(plotted, points, strict=True):
+        ax.annotate(run.run_name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"{THROUGHPUT_METRIC} [{KEY_METRICS[THROUGHPUT_METRIC]}]  (higher is better)")
+    ax.set_ylabel(f"{ENERGY_METRIC} [{KEY_METRICS[ENERGY_METRIC]}]  (lower is better)")
+    left_out = len(comparison.runs) - len(plotted)
+    title = "Energy per token vs throughput"
+    ax.set_title(title + (f" ({left_out} run(s) without both metrics left out)" if left_out else ""), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- summary run -------------------------------------------------------------------------------------
+
+
+def log_summary_run(
+    client: MlflowClient,
+    comparison: Comparison,
+    run_name: str,
+    experiment_id: str | None = None,
+    plot_path: str | Path | None = None,
+) -> str:
+    """Log the comparison (csv, json, markdown, table, plot) to a new run; return its id."""
+    import tempfile
+
+    if experiment_id is None:
+        experiment_id = client.get_run(comparison.runs[0].run_id).info.experiment_id
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={TAG_SUMMARY: "true", TAG_COMPARED_RUNS: ",".join(r.run_id for r in comparison.runs)[:5000]},
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fmt, suffix in (("table", "txt"), ("csv", "csv"), ("json", "json"), ("markdown", "md")):
+                Path(tmp, f"comparison.{suffix}").write_text(render(comparison, fmt))
+            if plot_path is None and any(
+                ENERGY_METRIC in r.metrics and THROUGHPUT_METRIC in r.metrics for r in comparison.runs
+            ):
+                plot_path = plot_pareto(comparison, Path(tmp, "pareto.png"))
+            if plot_path is not None:
+                client.log_artifact(run.info.run_id, str(plot_path), artifact_path="plots")
+            for suffix in ("txt", "csv", "json", "md"):
+                client.log_artifact(run.info.run_id, str(Path(tmp, f"comparison.{suffix}")), artifact_path="comparison")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    return run.info.run_id

@@ -1,0 +1,174 @@
+"""compare: differing params, key metrics with units, four formats, Pareto plot, summary run (real sqlite store)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from mlflow_server import contract_run
+
+from llem_mlflow.errors import TrackingError
+from llem_mlflow.tracking import compare as cmp
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("compare-store")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(directory)
+        yield uri
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+
+    return MlflowClient(store)
+
+
+@pytest.fixture
+def three_runs(client, request, tmp_path):
+    """Three runs in their own experiment: batch size 1, 4, 8; the third did not measure energy."""
+    name = request.node.name
+    experiment_id = client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    specs = [
+        ("bs1", 1, {"energy/j_per_output_token": 0.9, "throughput/output_tokens_per_s": 50.0, "latency/ttft_ms_p50": 10.0}),
+        ("bs4", 4, {"energy/j_per_output_token": 0.4, "throughput/output_tokens_per_s": 150.0, "latency/ttft_ms_p50": 25.0}),
+        ("bs8", 8, {"throughput/output_tokens_per_s": 210.0, "latency/ttft_ms_p50": 40.0}),
+    ]
+    run_ids = [
+        contract_run(client, experiment_id, run_name=run_name, metrics=metrics, overrides={"pytorch": {"batch_size": bs}})
+        for run_name, bs, metrics in specs
+    ]
+    return name, experiment_id, run_ids
+
+
+def cli_group():
+    from llem_mlflow import cli, cli_registry
+
+    if "compare" in cli.main.commands:
+        return cli.main
+    return cli.LlemGroup(commands=[cli_registry.register, cli_registry.tag_best, cli_registry.compare])
+
+
+def test_pareto_front():
+    points = [(50.0, 0.9), (150.0, 0.4), (100.0, 0.5), (120.0, 0.3), (150.0, 0.45)]
+    # (120, 0.3) beats (100, 0.5); (150, 0.4) beats (150, 0.45); (50, 0.9) is beaten by all.
+    assert sorted(cmp.pareto_front(points)) == [1, 3]
+    assert cmp.pareto_front([(1.0, 1.0)]) == [0]
+
+
+def test_comparison_holds_differing_params_and_present_metrics(client, three_runs):
+    name, _, run_ids = three_runs
+    comparison = cmp.load_comparison(client, experiment=name)
+    assert [r.run_name for r in comparison.runs] == ["bs1", "bs4", "bs8"]
+    assert comparison.differing_params == ["pytorch.batch_size"]  # same model, same everything else
+    assert comparison.metrics == ["energy/j_per_output_token", "throughput/output_tokens_per_s", "latency/ttft_ms_p50"]
+    # By id, in the order given.
+    by_id = cmp.load_comparison(client, run_ids=[run_ids[2], run_ids[0]])
+    assert [r.run_name for r in by_id.runs] == ["bs8", "bs1"]
+
+
+def test_each_format(client, three_runs):
+    name, _, run_ids = three_runs
+    comparison = cmp.load_comparison(client, experiment=name)
+
+    table = cmp.render(comparison, "table").splitlines()
+    assert table[0].split() == [
+        "run", "pytorch.batch_size", "energy/j_per_output_token", "[J/token]",
+        "throughput/output_tokens_per_s", "[tokens/s]", "latency/ttft_ms_p50", "[ms]",
+    ]  # fmt: skip
+    assert set(table[1]) == {"-", " "}
+    assert table[2].split() == ["bs1", "1", "0.9", "50", "10"]
+    assert table[4].split() == ["bs8", "8", "-", "210", "40"]  # not measured: "-", never 0
+
+    rows = list(csv.DictReader(io.StringIO(cmp.render(comparison, "csv"))))
+    assert [r["run_id"] for r in rows] == run_ids
+    assert rows[1]["energy/j_per_output_token [J/token]"] == "0.4"
+    assert rows[2]["energy/j_per_output_token [J/token]"] == ""
+    assert rows[2]["pytorch.batch_size"] == "8"
+
+    data = json.loads(cmp.render(comparison, "json"))
+    assert data["units"]["throughput/output_tokens_per_s"] == "tokens/s"
+    assert data["differing_params"] == ["pytorch.batch_size"]
+    assert data["runs"][0]["metrics"]["energy/j_per_output_token"] == 0.9
+    assert "energy/j_per_output_token" not in data["runs"][2]["metrics"]
+    assert data["runs"][1]["params"] == {"pytorch.batch_size": "4"}
+
+    markdown = cmp.render(comparison, "markdown").splitlines()
+    assert markdown[0].startswith("| run | pytorch.batch_size | energy/j_per_output_token [J/token] |")
+    assert markdown[1] == "|---|---|---|---|---|"
+    assert markdown[3] == "| bs4 | 4 | 0.4 | 150 | 25 |"
+
+    with pytest.raises(TrackingError, match="unknown format"):
+        cmp.render(comparison, "xml")
+
+
+def test_plot_is_a_png_and_leaves_out_runs_missing_a_metric(client, three_runs, tmp_path):
+    name, _, _ = three_runs
+    comparison = cmp.load_comparison(client, experiment=name)
+    path = cmp.plot_pareto(comparison, tmp_path / "out" / "pareto.png")
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
+    from PIL import Image  # matplotlib depends on pillow
+
+    with Image.open(path) as image:
+        image.verify()
+        assert image.size == (700, 500)
+
+
+def test_summary_run_holds_table_and_plot(client, three_runs, tmp_path):
+    name, experiment_id, run_ids = three_runs
+    comparison = cmp.load_comparison(client, experiment=name)
+    summary_id = cmp.log_summary_run(client, comparison, "summary", experiment_id)
+    summary = client.get_run(summary_id)
+    assert summary.info.status == "FINISHED" and summary.info.experiment_id == experiment_id
+    assert summary.data.tags[cmp.TAG_COMPARED_RUNS] == ",".join(run_ids)
+    files = {a.path for a in client.list_artifacts(summary_id, "comparison")} | {
+        a.path for a in client.list_artifacts(summary_id, "plots")
+    }
+    assert files == {
+        "comparison/comparison.txt", "comparison/comparison.csv", "comparison/comparison.json",
+        "comparison/comparison.md", "plots/pareto.png",
+    }  # fmt: skip
+    local = client.download_artifacts(summary_id, "plots/pareto.png", str(tmp_path))
+    assert open(local, "rb").read(8) == PNG_SIGNATURE
+    # A later comparison of the experiment leaves the summary run out.
+    assert [r.run_id for r in cmp.load_comparison(client, experiment=name).runs] == run_ids
+
+
+def test_bad_input(client, three_runs):
+    with pytest.raises(TrackingError, match="either --experiment"):
+        cmp.load_comparison(client)
+    with pytest.raises(TrackingError, match="no experiment named 'nope'"):
+        cmp.load_comparison(client, experiment="nope")
+    with pytest.raises(TrackingError, match="not found"):
+        cmp.load_comparison(client, run_ids=["0" * 32])
+
+
+def test_cli_compare(client, three_runs, tmp_path):
+    name, experiment_id, run_ids = three_runs
+    runner = CliRunner()
+    plot = tmp_path / "p.png"
+    result = runner.invoke(
+        cli_group(), ["compare", "--experiment", name, "--format", "markdown", "--plot", str(plot), "--summary-run", "cmp"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| bs8 | 8 | - | 210 | 40 |" in result.output
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    summaries = client.search_runs([experiment_id], "attributes.run_name = 'cmp'")
+    assert len(summaries) == 1 and summaries[0].data.tags[cmp.TAG_SUMMARY] == "true"
+
+    result = runner.invoke(cli_group(), ["compare", *run_ids[:2], "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [r["run_name"] for r in json.loads(result.stdout)["runs"]] == ["bs1", "bs4"]
+
+    result = runner.invoke(cli_group(), ["compare", "--experiment", "missing-experiment"])
+    assert result.exit_code == 2 and "missing-experiment" in result.output and "Traceback" not in result.output

@@ -1,0 +1,108 @@
+"""Real CodeCarbon (estimate mode on this machine) and the monitor on this GPU-less machine with the real pynvml."""
+
+import csv
+import time
+
+import pytest
+
+from llem_mlflow.config.models import ExperimentConfig
+from llem_mlflow.energy.codecarbon_source import CodeCarbonSource, CodeCarbonUnavailable, country_problem
+from llem_mlflow.energy.monitor import EnergyMonitor
+from llem_mlflow.errors import EnergyError
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def busy(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(i * i for i in range(1000))
+
+
+def test_codecarbon_figures_have_joule_units_and_positive_sign(tmp_path):
+    source = CodeCarbonSource("USA", tmp_path)
+    source.begin("measure")
+    busy(0.5)
+    reading = source.end()
+    assert reading.duration_s == pytest.approx(0.5, abs=0.3)
+    # kWh -> J: a CPU draws watts, so over half a second it is between 0.01 J and 500 J (1 kW)
+    for joules in (reading.cpu_j, reading.ram_j):
+        assert 0.01 < joules < 1000 * reading.duration_s
+    assert reading.gpu_j == 0.0  # no GPU on this machine
+    assert 0 < reading.emissions_kg < 1e-3
+    # emissions follow energy: USA grid intensity is a few hundred g/kWh
+    grams_per_kwh = reading.emissions_kg * 1000 / ((reading.cpu_j + reading.ram_j) / 3.6e6)
+    assert 100 < grams_per_kwh < 1000
+    assert source.cpu_method.startswith(("RAPL", "estimate"))
+
+
+def test_each_window_is_a_row_of_one_csv(tmp_path):
+    source = CodeCarbonSource("FRA", tmp_path)
+    for phase in ("load", "measure"):
+        source.begin(phase)
+        time.sleep(0.1)
+        source.end()
+    rows = list(csv.DictReader(source.csv_path.open()))
+    assert [r["project_name"] for r in rows] == ["llem/load", "llem/measure"]
+    assert {r["country_iso_code"] for r in rows} == {"FRA"}
+
+
+def test_unknown_country_makes_emissions_unavailable_not_zero(tmp_path):
+    source = CodeCarbonSource("XYZ", tmp_path)
+    source.begin("measure")
+    time.sleep(0.1)
+    reading = source.end()
+    assert reading.emissions_kg is None
+    assert "XYZ" in reading.emissions_reason
+    assert country_problem("XYZ") and country_problem("DEU") is None
+
+
+def test_a_tracker_that_never_started_is_unavailable_with_the_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    source = CodeCarbonSource("USA", blocker / "sub")  # output dir cannot be created
+    source.begin("measure")
+    with pytest.raises(CodeCarbonUnavailable, match="NotADirectoryError"):
+        source.end()
+
+
+def test_codecarbon_returning_none_is_unavailable(tmp_path, monkeypatch):
+    """CodeCarbon swallows its exceptions: stop() then returns None."""
+    source = CodeCarbonSource("USA", tmp_path)
+    source.begin("measure")
+    tracker = source._tracker
+    real_stop = tracker.stop
+    monkeypatch.setattr(tracker, "stop", lambda: (real_stop(), None)[1])
+    with pytest.raises(CodeCarbonUnavailable, match="no emissions"):
+        source.end()
+
+
+def test_cpu_only_monitor_gpu_absent_cpu_ram_emissions_present(tmp_path):
+    """This machine has no GPU: the real pynvml fails, CodeCarbon measures."""
+    cfg = ExperimentConfig(model="random:tiny", energy={"codecarbon": True})
+    monitor = EnergyMonitor(cfg, lambda: None)  # real pynvml
+    try:
+        monitor.measure_baseline()
+        monitor.begin("measure")
+        busy(0.3)
+        measured = monitor.end("measure")
+    finally:
+        monitor.close()
+    m = monitor.metrics(measured, output_tokens=50, requests=2)
+    assert not any(k.startswith(("energy/gpu", "power/")) for k in m)
+    assert m["energy/cpu_j"] > 0 and m["energy/ram_j"] > 0 and m["emissions/kg_co2eq"] > 0
+    assert m["energy/total_j"] == pytest.approx(m["energy/cpu_j"] + m["energy/ram_j"])
+    assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / 50)
+    tags = monitor.tags()
+    assert tags["llem.energy.gpu_method"].startswith("unavailable: ")
+    assert tags["llem.energy.baseline"].startswith("skipped: no GPU")
+    assert tags["llem.energy.total_sources"] == "cpu+ram"
+    assert tags["llem.energy.cpu_method"].startswith("CodeCarbon ")
+    paths = monitor.write_artifacts(tmp_path)
+    assert {p.name for p in paths} == {"codecarbon_emissions.csv", "energy_phases.json"}  # no GPU: no timeline
+
+
+def test_unknown_country_in_config_is_refused_naming_the_field():
+    cfg = ExperimentConfig(model="random:tiny", energy={"codecarbon": True, "country_iso_code": "XYZ", "gpu": "off"})
+    with pytest.raises(EnergyError, match="energy.country_iso_code 'XYZ'"):
+        EnergyMonitor(cfg, lambda: None)

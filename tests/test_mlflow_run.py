@@ -1,0 +1,97 @@
+"""The main job end to end: the real `mlflow run . --env-manager local` in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+
+from llem_mlflow.config.loader import load_config
+from llem_mlflow.config.params import config_from_params, config_to_params
+
+pytestmark = pytest.mark.slow
+
+
+def _mlflow_run(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _only_run(experiment_name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
+    cfg_path = project_copy / "examples" / "quickstart.yaml"
+    result = _mlflow_run(
+        project_copy, "-P", f"config={cfg_path}", "--experiment-name", "quick", "--run-name", "first"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = _only_run("quick")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "first"
+
+    cfg = load_config(cfg_path)
+    params = run.data.params
+    for key, value in config_to_params(cfg).items():
+        assert params[key] == value, key
+    assert config_from_params(params) == cfg
+    assert params["config"] == str(cfg_path)  # mlflow run's own param, untouched
+
+    m = run.data.metrics
+    expected_tokens = cfg.dataset.n * cfg.max_output_tokens  # min_new_tokens == max_output_tokens
+    assert m["tokens/output_total"] == expected_tokens
+    assert 0 < m["latency/ttft_ms_p50"] <= m["latency/e2e_ms_p50"]
+    assert m["latency/ttft_ms_p99"] <= m["latency/e2e_ms_p99"]
+    assert m["throughput/output_tokens_per_s"] == pytest.approx(expected_tokens / m["time/measure_s"], rel=1e-6)
+    for name in ("time/load_s", "time/warmup_s", "memory/process_peak_rss_mb", "flops/per_output_token"):
+        assert m[name] > 0, name
+    assert not any(name.startswith("memory/gpu") for name in m)  # no GPU here: absent, not 0
+
+    # Energy on a CPU machine: CodeCarbon's CPU/RAM energy present, GPU energy absent with a reason.
+    assert m["energy/cpu_j"] > 0 and m["energy/ram_j"] > 0 and m["emissions/kg_co2eq"] > 0
+    assert "energy/gpu_j" not in m
+    assert run.data.tags["llem.energy.gpu_method"].startswith("unavailable")
+
+    tags = run.data.tags
+    assert tags["llem.config_hash"] and tags["llem.version"] and tags["llem.device.type"] == "cpu"
+    assert tags["llem.host.gpu.name"] == "none"  # the run context provider plugin
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "results.json", "requests.csv", "plots"} <= artifacts
+    config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert {"config/experiment.yaml", "config/resolved.json"} <= config_files
+
+
+def test_bad_config_under_mlflow_run_fails_the_run_cleanly(mlflow_store, project_copy, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: random:tiny\npytorch:\n  batchsize: 2\n")
+    result = _mlflow_run(project_copy, "-P", f"config={bad}", "--experiment-name", "bad")
+    assert result.returncode != 0
+    assert 'did you mean "pytorch.batch_size"' in result.stderr
+    assert "Traceback" not in result.stderr.split("mlflow.exceptions")[0]
+    client, run = _only_run("bad")
+    assert run.info.status == "FAILED"
+    assert "pytorch.batchsize" in run.data.tags["llem.error"]
+
+
+def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml")
+    cmd = [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--experiment-name", "direct", "--run-name", "r1",
+           "-o", "dataset.n=6", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run_id: " in result.stdout
+    client, run = _only_run("direct")
+    assert run.info.status == "FINISHED" and run.info.run_name == "r1"
+    assert run.data.params["dataset.n"] == "6"
+    assert run.data.metrics["tokens/output_total"] == 6 * 8

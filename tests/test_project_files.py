@@ -1,0 +1,51 @@
+"""MLproject, conda.yaml and pyproject.toml agree with each other and with the README."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_conda_yaml_pins_python_and_the_same_pip_dependencies():
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    deps = conda["dependencies"]
+    assert any(isinstance(d, str) and d.replace(" ", "").startswith("python>=3.11") for d in deps)
+    pip_lists = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
+    assert len(pip_lists) == 1
+    assert sorted(pip_lists[0]) == sorted(_pyproject()["project"]["dependencies"])
+
+
+def test_mlproject_entry_points_call_the_package_cli():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    assert project["conda_env"] == "conda.yaml"
+    main = project["entry_points"]["main"]
+    assert main["parameters"]["config"]["type"] == "path"
+    assert "llem_mlflow run {config}" in main["command"]
+    assert "llem_mlflow sweep {config}" in project["entry_points"]["sweep"]["command"]
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "    python -m pytest -q\n" in readme
+    assert ci.rstrip().splitlines()[-1] == "python -m pytest -q"
+
+
+def test_context_provider_entry_point_is_registered():
+    entry = _pyproject()["project"]["entry-points"]["mlflow.run_context_provider"]
+    module, _, attr = entry["llem"].partition(":")
+    import importlib
+
+    provider = getattr(importlib.import_module(module), attr)()
+    tags = provider.tags()
+    assert provider.in_context() is True
+    assert tags["llem.host.cpu"]
+    assert "llem.host.gpu.name" in tags

@@ -1,0 +1,65 @@
+"""The runner in-process against a real sqlite store: phases, trials, beams, metrics consistency."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from helpers import write_config
+
+from llem_mlflow.launch import launch
+
+
+def _run(client_experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(client_experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", n_trials=3, energy={"codecarbon": True})
+    assert launch(str(cfg), experiment_name="trials", quiet=True) == 0
+    client, run = _run("trials")
+    m = run.data.metrics
+    for name in ("throughput/output_tokens_per_s", "latency/ttft_ms_p50", "energy/j_per_output_token"):
+        history = client.get_metric_history(run.info.run_id, f"trial/{name}")
+        assert sorted(p.step for p in history) == [1, 2, 3]
+        values = [p.value for p in sorted(history, key=lambda p: p.step)]
+        assert m[name] == pytest.approx(statistics.mean(values))
+        assert m[f"{name}_std"] == pytest.approx(statistics.stdev(values))
+        assert m[f"{name}_ci95_low"] < m[name] < m[f"{name}_ci95_high"]
+        assert m[f"{name}_cv"] == pytest.approx(statistics.stdev(values) / statistics.mean(values))
+    # every phase has its duration; each trial measured the same requests
+    for phase in ("environment", "load", "warmup", "measure"):
+        assert m[f"time/{phase}_s"] > 0
+    assert m["tokens/output_total"] == 4 * 8
+
+
+def test_beam_search_has_no_ttft_and_says_why(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", pytorch={"batch_size": 2, "num_beams": 2})
+    assert launch(str(cfg), experiment_name="beams", quiet=True) == 0
+    _, run = _run("beams")
+    assert "latency/ttft_ms_p50" not in run.data.metrics
+    assert "latency/itl_ms_p50" not in run.data.metrics
+    assert run.data.metrics["latency/e2e_ms_p50"] > 0
+    assert run.data.tags["llem.latency.streaming"].startswith("unavailable")
+
+
+def test_secrets_in_passthrough_never_reach_params(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", passthrough_kwargs={"low_cpu_mem_usage": True}, tags={"team": "a", "api_key": "s3cr3t"})
+    assert launch(str(cfg), experiment_name="secrets", quiet=True) == 0
+    _, run = _run("secrets")
+    assert "s3cr3t" not in str(run.data.params) and "s3cr3t" not in str(run.data.tags)
+    assert run.data.tags["team"] == "a"
+
+
+def test_config_error_creates_no_run(mlflow_store, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: random:tiny\ndecoder: {top_p: 7}\n")
+    assert launch(str(bad), experiment_name="never", quiet=True) == 2
+    from mlflow import MlflowClient
+
+    assert MlflowClient().get_experiment_by_name("never") is None
