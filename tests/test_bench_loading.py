@@ -151,10 +151,16 @@ def test_missing_local_path_is_a_model_load_error(tmp_path):
         load_model(config(model=str(tmp_path / "nope")))
 
 
-def test_uncached_hub_id_fails_fast_offline(monkeypatch):
+@pytest.mark.parametrize("offline_env", ["1", None])
+def test_uncached_hub_id_fails_fast(monkeypatch, offline_env):
+    # With HF_HUB_OFFLINE unset, the hub probe (or, with internet, the hub's 404) must still answer quickly.
     import time
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if offline_env is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline_env)
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as err:
         load_model(config(model="some-org/not-a-cached-model"))

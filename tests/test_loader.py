@@ -250,3 +250,9 @@ def test_shipped_examples_validate():
                 load_config(path)
         else:
             load_config(path)
+
+
+def test_empty_sections_mean_defaults(tmp_path):
+    # every line of a section commented out leaves YAML null: no settings, not an error
+    cfg = load_config(write(tmp_path, "model: m\npytorch:\n  # batch_size: 2\ndecoder:\ntags:\nregistry:\n"))
+    assert cfg.pytorch.batch_size is None and cfg.decoder.top_k == 50 and cfg.tags == {} and cfg.registry is None

@@ -65,30 +65,32 @@ def only_run() -> Any:
     return runs[0]
 
 
-def artifact_paths(run_id: str, path: str | None = None) -> list[str]:
-    """Every artifact file of a run, recursively."""
+def _client(uri: str | None) -> Any:
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_paths(run_id: str, path: str | None = None, uri: str | None = None) -> list[str]:
+    """Every artifact file of a run, recursively (uri: the tracking server; None: MLFLOW_TRACKING_URI)."""
+    client = _client(uri)
     files = []
     for item in client.list_artifacts(run_id, path):
-        files.extend(artifact_paths(run_id, item.path) if item.is_dir else [item.path])
+        files.extend(artifact_paths(run_id, item.path, uri) if item.is_dir else [item.path])
     return files
 
 
-def artifact_bytes(run_id: str, path: str) -> bytes:
-    from mlflow.artifacts import download_artifacts
-
+def artifact_bytes(run_id: str, path: str, uri: str | None = None) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)).read_bytes()
+        return Path(_client(uri).download_artifacts(run_id, path, tmp)).read_bytes()
 
 
-def artifact_text(run_id: str, path: str) -> str:
-    return artifact_bytes(run_id, path).decode("utf-8")
+def artifact_text(run_id: str, path: str, uri: str | None = None) -> str:
+    return artifact_bytes(run_id, path, uri).decode("utf-8")
 
 
-def artifact_json(run_id: str, path: str) -> Any:
-    return json.loads(artifact_text(run_id, path))
+def artifact_json(run_id: str, path: str, uri: str | None = None) -> Any:
+    return json.loads(artifact_text(run_id, path, uri))
 
 
 def assert_failed_with(run: Any, *needles: str, status: str = "FAILED") -> None:

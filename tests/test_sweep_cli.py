@@ -60,3 +60,13 @@ def test_main_cli_exits_2_on_a_bad_study(tmp_path):
     assert result.returncode == 2
     assert "sweep.pytorch.batch_size: must be a non-empty list" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_example_study_is_valid():
+    from pathlib import Path
+
+    from llem_mlflow.sweep.study import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml")
+    assert len(study.points) == 7 and study.skipped == []
+    assert study.points[-1].name == "short-outputs" and study.points[-1].config.max_output_tokens == 8

@@ -21,7 +21,9 @@ STUDY = textwrap.dedent("""
 def store(tmp_path_factory):
     """One sqlite store for the module (creating one takes seconds); each test has its own experiment."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db")
+        store_dir = tmp_path_factory.mktemp("store")
+        mp.chdir(store_dir)  # artifacts of experiments created by name go to ./mlruns: keep them out of the repo
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store_dir}/mlflow.db")
         for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(name, raising=False)
         yield

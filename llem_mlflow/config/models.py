@@ -188,6 +188,16 @@ class ExperimentConfig(ConfigSection):
         default_factory=dict, description="Extra from_pretrained() arguments not covered by a field"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        # `pytorch:` with every line commented out is YAML null: it means "no settings", not an error.
+        if isinstance(data, dict):
+            empty = [k for k, v in data.items() if v is None and k in cls.model_fields and cls.model_fields[k].default_factory]
+            if empty:
+                data = {k: v for k, v in data.items() if k not in empty}
+        return data
+
     @model_validator(mode="after")
     def _passthrough_not_covered(self) -> ExperimentConfig:
         covered = sorted(COVERED_FROM_PRETRAINED_KWARGS & set(self.passthrough_kwargs))

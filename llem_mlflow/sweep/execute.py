@@ -89,11 +89,16 @@ def run_study(
         except KeyboardInterrupt:
             _end_parent(client, parent_id, "KILLED")
             raise
-    summarise(client, study, parent_id, experiment_id, echo)
-    complete = all(
-        count >= study.repeats
-        for count in (finished_counts(client, experiment_id, parent_id).get(p.config_hash, 0) for p in study.points)
-    )
+        except BaseException:
+            _end_parent(client, parent_id, "FAILED")  # never leave the parent RUNNING
+            raise
+    try:
+        summarise(client, study, parent_id, experiment_id, echo)
+        counts = finished_counts(client, experiment_id, parent_id)
+    except BaseException:
+        _end_parent(client, parent_id, "FAILED")
+        raise
+    complete = all(counts.get(p.config_hash, 0) >= study.repeats for p in study.points)
     if not complete:
         client.set_tag(parent_id, "llem.sweep.incomplete", "some points have no FINISHED run; run the study again to retry them")
     _end_parent(client, parent_id, "FINISHED" if complete else "FAILED")

@@ -289,8 +289,17 @@ def log_summary_run(
                 client.log_artifact(run.info.run_id, str(plot_path), artifact_path="plots")
             for suffix in ("txt", "csv", "json", "md"):
                 client.log_artifact(run.info.run_id, str(Path(tmp, f"comparison.{suffix}")), artifact_path="comparison")
-        client.set_terminated(run.info.run_id, "FINISHED")
+        _end_run(client, run.info.run_id, "FINISHED")
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        _end_run(client, run.info.run_id, "FAILED")
         raise
     return run.info.run_id
+
+
+def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End the run; MLflow prints "View run at ..." on a server: to stderr, so stdout stays the table."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        client.set_terminated(run_id, status)

@@ -1,0 +1,147 @@
+"""Faults mid-run (docs/reliability.md, "Faults" rows): what finished is kept, the run ends
+with a truthful status, and a meter that fails never stops the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml
+from helpers import write_config
+from test_reliability_support import (  # noqa: F401  (fixtures)
+    _template_db,
+    all_runs,
+    artifact_json,
+    artifact_paths,
+    assert_failed_with,
+    only_run,
+    store,
+)
+
+from llem_mlflow.launch import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_OK, launch
+
+pytestmark = pytest.mark.slow
+
+
+def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(store, tmp_path, capsys, monkeypatch):
+    # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3.
+    monkeypatch.setenv("LLEM_TEST_OOM_AT_BATCH", "3")
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6})
+    code = launch(str(cfg), quiet=True)
+    err = capsys.readouterr().err
+    assert code == EXIT_FAULT
+    assert "out of memory" in err and "pytorch.batch_size" in err
+    run = only_run()
+    assert_failed_with(run, "out of memory", "lower pytorch.batch_size")
+    assert run.data.tags["llem.failed_phase"] == "measure"
+
+    results = artifact_json(run.info.run_id, "results.json")
+    assert results["status"] == "partial" and "out of memory" in results["error"]
+    assert results["requests_completed"] == 4  # the two batches that finished
+    m = run.data.metrics
+    assert m["tokens/output_total"] == 4 * 8  # 4 finished requests x min_new_tokens
+    assert m["latency/e2e_ms_p50"] > 0 and m["time/load_s"] > 0 and m["time/warmup_s"] > 0
+    assert "time/measure_s" not in m  # the measure phase never ended: no made-up duration
+    assert "requests.csv" in artifact_paths(run.info.run_id)
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_partial_data(store, tmp_path):
+    # Long enough to be interrupted mid-measure: 400 prompts, one per batch; CodeCarbon on so that
+    # the energy of the phases that finished (load, warmup) is there to keep.
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1}, energy={"codecarbon": True})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        _wait_for_measuring(process)
+        time.sleep(3)  # some batches finish
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == EXIT_INTERRUPTED, err[-3000:]
+    assert "Traceback" not in err
+    assert "KILLED" in err
+    run = only_run()
+    assert_failed_with(run, "interrupted", status="KILLED")
+    results = artifact_json(run.info.run_id, "results.json")
+    assert results["status"] == "partial" and results["phase"] == "measure"
+    finished = results["requests_completed"]
+    assert 0 < finished < 400
+    assert run.data.metrics["tokens/output_total"] == finished * 8
+    assert run.data.metrics["time/warmup_s"] > 0
+    # The energy so far: CodeCarbon's CPU energy of the phases that finished.
+    phases = artifact_json(run.info.run_id, "energy_phases.json")
+    assert phases["load"]["cpu_j"] > 0 and phases["warmup"]["cpu_j"] > 0
+    assert "codecarbon_emissions.csv" in artifact_paths(run.info.run_id)
+
+
+def _wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Until the run exists and warmup is over: the store has the run with time/warmup_s... or the
+    device tag, which the runner sets right after the model loaded (then warmup takes one batch)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended before it could be interrupted ({process.returncode}):\n{err[-3000:]}")
+        runs = all_runs()
+        if runs and "llem.device.type" in runs[0].data.tags:
+            time.sleep(2)  # warmup (one batch) and the start of measure
+            return
+        time.sleep(0.5)
+    pytest.fail("the run did not reach the measure phase in time")
+
+
+def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(store, tmp_path, capsys, monkeypatch):
+    """NVML (the GPU is lost) and CodeCarbon (stop() raises) both fail from the first measured batch.
+
+    Only the hardware is fake: a fake NVML behind pynvml's interface stands for the GPU this
+    machine lacks; CodeCarbon is real until it is made to fail.
+    """
+    import codecarbon
+
+    from llem_mlflow import runner
+    from llem_mlflow.energy import monitor as monitor_module
+
+    gpu = FakeGpu()
+    real_open_nvml = monitor_module.open_nvml
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(monitor_module, "open_nvml", lambda lib=None: real_open_nvml(FakeNvml([gpu])))
+
+    def failing_stop(self, *args, **kwargs):
+        raise RuntimeError("cannot read the RAPL counters")
+
+    real_fault = runner.inject_test_fault
+
+    def meters_break(batch_number: int) -> None:
+        if batch_number == 1:
+            for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues",
+                         "nvmlDeviceGetTemperature", "nvmlDeviceGetComputeRunningProcesses"):  # fmt: skip
+                gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
+            monkeypatch.setattr(codecarbon.OfflineEmissionsTracker, "stop", failing_stop)
+        real_fault(batch_number)
+
+    monkeypatch.setattr(runner, "inject_test_fault", meters_break)
+    cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "sample_interval_ms": 50})
+    code = launch(str(cfg), quiet=True)
+    assert code == EXIT_OK, capsys.readouterr().err[-3000:]
+    run = only_run()
+    assert run.info.status == "FINISHED"
+    m, tags = run.data.metrics, run.data.tags
+    # The benchmark itself is complete ...
+    assert m["tokens/output_total"] == 4 * 8 and m["latency/e2e_ms_p50"] > 0
+    # ... the energy of the measured window is absent, never 0, and the tags say why.
+    for name in ("energy/gpu_j", "energy/cpu_j", "energy/ram_j", "energy/total_j", "energy/j_per_output_token"):
+        assert name not in m, name
+    assert tags["llem.energy.gpu_method"].startswith("unavailable:"), tags["llem.energy.gpu_method"]
+    assert tags["llem.energy.cpu_method"].startswith("unavailable:")
+    assert "RAPL" in tags["llem.energy.cpu_method"]
+    # What was measured before the meters failed is kept.
+    assert m["energy/load_j"] > 0 and m["energy/warmup_j"] > 0

@@ -1,0 +1,176 @@
+"""Against a real `mlflow server` on loopback (sqlite backend, served artifacts):
+runs log over HTTP, survive a server restart, run four at once, and meet basic-auth.
+
+The shared server comes from tests/mlflow_server.py; the tests that need their own server
+(restart on the same port, basic-auth) start one the same way with `_server` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+from mlflow_server import _stop, _wait_until_healthy, free_port, mlflow_server  # noqa: F401  (fixture)
+from test_reliability_support import artifact_json, artifact_paths, artifact_text
+
+from llem_mlflow.config.loader import load_config
+from llem_mlflow.config.params import config_to_params
+from llem_mlflow.launch import EXIT_BAD_INPUT, EXIT_OK, launch
+
+pytestmark = pytest.mark.slow
+
+# What a client needs to ride out a restart: MLflow retries refused connections with backoff
+# (urllib3 Retry: sleeps 0, 2, 4, 8, ... s with factor 1; 10 retries is MLflow's upper limit).
+RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+@contextlib.contextmanager
+def _server(directory: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1:port with its sqlite store and artifacts under directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    uri = f"http://127.0.0.1:{port}"
+    log_path = directory / f"server-{time.monotonic_ns()}.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server", *extra,
+        "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+        "--artifacts-destination", str(directory / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})},
+        )  # fmt: skip
+    try:
+        _wait_until_healthy(uri, process, log_path)
+        yield uri
+    finally:
+        _stop(process)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_four_runs_at_once_each_end_with_their_own_params_and_metrics(mlflow_server, tmp_path):
+    experiment = f"parallel-{time.time_ns()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, **RETRY_ENV}
+    cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False}, pytorch={"batch_size": 1})
+    sizes = {f"r{i}": n for i, n in enumerate((2, 3, 4, 5))}
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet", "--experiment-name", experiment,
+             "--run-name", name, "-o", f"dataset.n={n}", "-o", f"random_seed={n}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        for name, n in sizes.items()
+    }
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=400)
+        assert process.returncode == 0, (name, err[-3000:])
+
+    client = _client(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(sizes)
+    for run in runs:
+        n = sizes[run.info.run_name]
+        assert run.info.status == "FINISHED"
+        own = load_config(cfg, (f"dataset.n={n}", f"random_seed={n}"))
+        for key, value in config_to_params(own).items():
+            assert run.data.params[key] == value, (run.info.run_name, key)
+        assert run.data.metrics["tokens/output_total"] == n * 8
+        # Artifacts went through the server's proxy (mlflow-artifacts:/) and read back.
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert artifact_json(run.info.run_id, "results.json", mlflow_server)["requests_completed"] == n
+        files = set(artifact_paths(run.info.run_id, uri=mlflow_server))
+        assert {"config/experiment.yaml", "config/resolved.json", "requests.csv"} <= files
+
+
+def test_server_killed_and_restarted_during_a_run_loses_nothing(tmp_path):
+    directory, port = tmp_path / "server", free_port()
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 12}, pytorch={"batch_size": 1})
+    with _server(directory, port) as uri:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, **RETRY_ENV}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet", "--run-name", "survivor"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        line = process.stdout.readline()  # "run_id: ..." once the run exists on the server
+        assert line.startswith("run_id: "), (line, process.stderr.read()[-3000:] if process.poll() is not None else "")
+        run_id = line.split()[1]
+    # The server is down now (killed with its workers); the run goes on logging into the void.
+    killed_at = time.time()
+    time.sleep(3)
+    assert process.poll() is None, "the run must still be alive, waiting on its retries"
+    with _server(directory, port) as uri:
+        restarted_at = time.time()
+        out, err = process.communicate(timeout=400)
+        assert process.returncode == EXIT_OK, err[-3000:]
+        run = _client(uri).get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.info.start_time / 1000 < killed_at < restarted_at < run.info.end_time / 1000
+        for key, value in config_to_params(load_config(cfg)).items():
+            assert run.data.params[key] == value, key
+        m = run.data.metrics
+        assert m["tokens/output_total"] == 12 * 8 and m["latency/e2e_ms_p50"] > 0 and m["time/measure_s"] > 0
+        assert artifact_json(run_id, "results.json", uri)["status"] == "complete"
+        assert {"config/experiment.yaml", "config/resolved.json", "requests.csv"} <= set(artifact_paths(run_id, uri=uri))
+
+
+AUTH_INI = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{db}
+admin_username = admin
+admin_password = {password}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+
+
+def test_basic_auth_server_needs_credentials(tmp_path, monkeypatch, capsys):
+    directory, password = tmp_path / "auth-server", "llem-Test-pw-7"
+    directory.mkdir()
+    ini = directory / "auth.ini"
+    ini.write_text(AUTH_INI.format(db=directory / "auth.db", password=password))
+    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "llem-tests"}
+    cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with _server(directory, free_port(), "--app-name", "basic-auth", env=server_env) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+        # Without credentials: our error, exit 2, no traceback, and it says how to log in.
+        code = launch(str(cfg), quiet=True)
+        err = capsys.readouterr().err
+        assert code == EXIT_BAD_INPUT
+        assert "Traceback" not in err
+        assert uri in err and "401" in err
+        assert "MLFLOW_TRACKING_USERNAME" in err and "MLFLOW_TRACKING_PASSWORD" in err
+
+        # A wrong password is refused the same way.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        assert launch(str(cfg), quiet=True) == EXIT_BAD_INPUT
+        assert "401" in capsys.readouterr().err
+
+        # With them: a complete run.
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        code = launch(str(cfg), quiet=True, run_name="authed")
+        assert code == EXIT_OK, capsys.readouterr().err[-3000:]
+        client = _client(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [(r.info.run_name, r.info.status) for r in runs] == [("authed", "FINISHED")]
+        assert runs[0].data.metrics["tokens/output_total"] == 4 * 8
+        assert "results.json" in artifact_paths(runs[0].info.run_id, uri=uri)
+        # The password itself went nowhere in the run.
+        assert password not in str(runs[0].data.params) + str(runs[0].data.tags)
+        assert password not in artifact_text(runs[0].info.run_id, "config/resolved.json", uri)
