@@ -78,3 +78,15 @@ def run(
 
     all_overrides = tuple(shlex.split(overrides_text)) + overrides
     sys.exit(launch(config, all_overrides, experiment_name, experiment_id, run_name, parent_run_id, quiet))
+
+
+def _add_commands() -> None:
+    # Commands that live in their own modules (each imports its heavy parts lazily).
+    from llem_mlflow.cli_registry import compare, register, tag_best
+    from llem_mlflow.cli_sweep import sweep
+
+    for command in (register, tag_best, compare, sweep):
+        main.add_command(command)
+
+
+_add_commands()

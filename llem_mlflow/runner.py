@@ -105,6 +105,10 @@ class Experiment:
     def load_model(self) -> Any:
         from llem_mlflow.bench.loading import load_model
 
+        if self.quiet or not sys.stderr.isatty():
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()  # its "Loading weights" bar would fill logs
         return load_model(self.cfg, model_path=self.model_path)
 
     def prepare(self, loaded: Any) -> tuple[Any, list[Any]]:
