@@ -5,6 +5,7 @@ Import with `from test_reliability_support import ...` (tests/ is on sys.path un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +33,14 @@ def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(mlflow_store: str, _template_db: Path, tmp_path: Path) -> str:
     """The lead's `mlflow_store` (fresh sqlite store in tmp_path, env set), pre-migrated by copying a template."""
-    shutil.copy(_template_db, tmp_path / "mlflow.db")
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_template_db, db)
+    # The Default experiment's artifact location was fixed (absolute) when the template was made: move it here.
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),))
+        con.commit()
     return mlflow_store
 
 
