@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Any
 
-from llem_mlflow.errors import LlemError, TrackingError
+from llem_mlflow.errors import LlemError
 
 EXIT_OK, EXIT_FAULT, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_ERROR_TAG = 5000
@@ -47,12 +47,14 @@ def launch(
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
             logger = RunLogger.start()
         cfg = load_config(config_path, overrides)
-        model_path = _registered_model_path(cfg.model)
+        model_path, registered_version = _resolve_registered_model(cfg.model)
         if logger is None:
             logger = RunLogger.start(experiment_name, experiment_id, run_name, parent_run_id)
         _say(logger.where(), quiet=False)
         experiment = Experiment(cfg, logger, quiet=quiet, model_path=model_path)
         state = experiment.run()
+        if registered_version is not None:
+            _tag_registered_version(logger, registered_version)
         if cfg.registry is not None:
             _register(logger, cfg)
         logger.end("FINISHED")
@@ -63,7 +65,7 @@ def launch(
         _say("Interrupted: the run is marked KILLED; what was measured so far is logged.", quiet=False, err=True)
         return EXIT_INTERRUPTED
     except LlemError as exc:
-        message = str(exc) + tracking_hint(exc)
+        message = str(exc)
         _fail(logger, experiment, "FAILED", message)
         _say(f"Error: {message}", quiet=False, err=True)
         return exc.exit_code
@@ -85,24 +87,6 @@ def fault_message(exc: BaseException) -> str:
     return text
 
 
-# MLflow's REST errors read "... failed with error code 401 != 200 ...".
-_AUTH_HINTS = {
-    "error code 401": " Fix: the tracking server requires a login: set MLFLOW_TRACKING_USERNAME and "
-    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment.",
-    "error code 403": " Fix: the tracking server refused this user: ask its admin for EDIT permission on the experiment, "
-    "or log in as another user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).",
-}
-
-
-def tracking_hint(exc: LlemError) -> str:
-    """The fix for a tracking server that refused us for lack of credentials or permission."""
-    if isinstance(exc, TrackingError):
-        for marker, hint in _AUTH_HINTS.items():
-            if marker in str(exc) and "MLFLOW_TRACKING_USERNAME" not in str(exc):
-                return hint
-    return ""
-
-
 def _fail(logger: Any, experiment: Any, status: str, message: str, detail: str | None = None) -> None:
     """Log what is known about the failure and end the run; never raises (the run must not stay RUNNING)."""
     if logger is None:
@@ -110,7 +94,6 @@ def _fail(logger: Any, experiment: Any, status: str, message: str, detail: str |
     steps = []
     if experiment is not None:
         steps.append(lambda: experiment.log_partial(message))
-        steps.append(lambda: _log_energy_so_far(logger, experiment))
     steps.append(lambda: logger.set_tags({"llem.error": message[:MAX_ERROR_TAG], "llem.status": status.lower()}))
     steps.append(lambda: logger.log_text(message + ("\n\n" + detail if detail else "") + "\n", "error.txt"))
     for step in steps:
@@ -124,32 +107,21 @@ def _fail(logger: Any, experiment: Any, status: str, message: str, detail: str |
         print(f"warning: could not mark run {logger.run_id} {status}: {exc}", file=sys.stderr)
 
 
-def _log_energy_so_far(logger: Any, experiment: Any) -> None:
-    """The energy of the phases that finished (per-phase JSON, CodeCarbon CSV, timeline) and the meters' tags.
-
-    The monitor is closed by now (the runner closes it on the way out); what it read stays readable.
-    Artifacts go where a finished run has them (runner.write_artifacts puts them at the root).
-    """
-    import tempfile
-    from pathlib import Path
-
-    monitor = getattr(experiment, "monitor", None)
-    if monitor is None:
-        return
-    logger.set_tags(monitor.tags())
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in monitor.write_artifacts(Path(tmp)):
-            parent = path.parent.relative_to(tmp).as_posix()
-            logger.log_artifact(path, None if parent == "." else parent)
-
-
-def _registered_model_path(model: str) -> str | None:
+def _resolve_registered_model(model: str) -> tuple[str | None, tuple[str, str] | None]:
+    """For `models:/...`: the local copy to load and the (name, version) to tag with the results."""
     if not model.startswith("models:/"):
-        return None
+        return None, None
     from llem_mlflow.tracking.registry import resolve_registered_model
 
-    local_dir, _name, _version = resolve_registered_model(model)
-    return str(local_dir)
+    local_dir, name, version = resolve_registered_model(model)
+    return str(local_dir), (name, str(version))
+
+
+def _tag_registered_version(logger: Any, version: tuple[str, str]) -> None:
+    from llem_mlflow.tracking.registry import tag_version_with_results
+
+    tag_version_with_results(logger.client, version[0], version[1], logger.run_id)
+    print(f"tagged: {version[0]} version {version[1]} with this run's results")
 
 
 def _register(logger: Any, cfg: Any) -> None:

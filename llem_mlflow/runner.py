@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,6 +44,7 @@ class ExperimentState:
     trial_metrics: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    interrupted_energy: Any = None  # the energy window a failure cut short
 
 
 class Experiment:
@@ -215,13 +216,15 @@ class Experiment:
         plot = plot_latency(self.state.records, out / "latency.png")
         if plot:
             self.logger.log_artifact(plot, "plots")
-        energy_dir = out / "energy"
-        energy_dir.mkdir()
-        self.monitor.write_artifacts(energy_dir)
-        for path in sorted(energy_dir.rglob("*")):
-            if path.is_file():
-                parent = path.parent.relative_to(energy_dir).as_posix()
-                self.logger.log_artifact(path, None if parent == "." else parent)
+        self.log_energy_artifacts()
+
+    def log_energy_artifacts(self) -> None:
+        """Per-phase energy, the timeline table and plot, CodeCarbon's CSV (at the artifact root)."""
+        energy_dir = self.workdir / "energy"
+        energy_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.monitor.write_artifacts(energy_dir):
+            parent = path.parent.relative_to(energy_dir).as_posix()
+            self.logger.log_artifact(path, None if parent == "." else parent)
 
     def results_json(self, error: str | None = None) -> dict[str, Any]:
         return {
@@ -241,12 +244,20 @@ class Experiment:
         from llem_mlflow.bench.stats import latency_metrics
 
         partial = dict(self.state.metrics)
+        tags = {"llem.failed_phase": self.state.phase, **self.state.tags}
         if self.state.records and not self.state.trial_metrics:
             partial.update(latency_metrics(self.state.records))
+            if self.state.interrupted_energy is not None:
+                output_tokens = sum(r.output_tokens for r in self.state.records)
+                partial.update(self.monitor.metrics(self.state.interrupted_energy, output_tokens, len(self.state.records)))
+                tags["llem.partial"] = "energy/* and latency/* cover the measured batches that finished before the failure"
         partial.update({f"time/{n}_s": v for n, v in self.state.durations_s.items() if "/" not in n})
         self.state.metrics = partial
         self.logger.log_metrics(partial)
-        self.logger.set_tags({"llem.failed_phase": self.state.phase, **self.state.tags})
+        if self.monitor is not None:
+            tags.update(self.monitor.tags())
+            self.log_energy_artifacts()
+        self.logger.set_tags(tags)
         self.logger.log_json(self.results_json(error), "results.json")
         if self.state.records:
             path = self.workdir / "requests.csv"
@@ -269,7 +280,13 @@ class Experiment:
             self.monitor.begin(name)
         start = time.time()
         start_perf = time.perf_counter()
-        yield window
+        try:
+            yield window
+        except BaseException:
+            if measure_energy:  # close the window so the energy up to the failure is kept
+                with suppress(Exception):
+                    self.state.interrupted_energy = self.monitor.end(name)
+            raise
         synchronize()
         end_perf = time.perf_counter()
         if measure_energy:

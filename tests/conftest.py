@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The session-wide real `mlflow server` fixture (tests/mlflow_server.py).
+pytest_plugins = ["mlflow_server"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Nothing may reach a model hub; random: models and shipped prompts need no network.
@@ -44,10 +47,29 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow sqlite store, made once: creating one costs seconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _migrated_store: Path) -> str:
     """A fresh sqlite MLflow store in tmp_path, also for subprocesses; cwd is tmp_path."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import contextlib
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_migrated_store, db)
+    # The Default experiment's artifact location was fixed (absolute) in the template: move it here.
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),))
+        con.commit()
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

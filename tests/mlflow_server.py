@@ -1,9 +1,7 @@
 """A real `mlflow server` on loopback, for tests that must go through REST.
 
-Reuse it from any test module (tests/ is on sys.path under pytest's default
-import mode):
-
-    from mlflow_server import mlflow_server  # noqa: F401  (the fixture)
+conftest.py loads this module as a plugin, so every test can ask for the
+session-wide fixture (one server for the whole session):
 
     def test_x(mlflow_server, monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -39,26 +37,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(directory: Path) -> Iterator[str]:
-    """Start `mlflow server` with its store under `directory`; yield its URI; kill it afterwards."""
+def running_mlflow_server(
+    directory: Path, port: int | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start `mlflow server` with its store under `directory`; yield its URI; kill it afterwards.
+
+    The same directory and port again restart the same server (same store): tests use that to kill
+    and restart a server during a run. `extra_args` go to `mlflow server` (e.g. --app-name basic-auth).
+    """
     directory = Path(directory)
     artifacts = directory / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
-    log_path = directory / "server.log"
+    log_path = directory / f"server-{time.monotonic_ns()}.log"
     command = [
-        sys.executable, "-m", "mlflow", "server",
+        sys.executable, "-m", "mlflow", "server", *extra_args,
         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
         "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    server_env = {**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})}
     with open(log_path, "wb") as log:
         # A new session, so that teardown can kill the server and the workers it forks.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env, start_new_session=True)
     try:
         _wait_until_healthy(uri, process, log_path)
         yield uri

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from llem_mlflow.config import DecoderConfig, ExperimentConfig, PyTorchConfig
-from llem_mlflow.config import models
+from llem_mlflow.config import DecoderConfig, ExperimentConfig, PyTorchConfig, models
 from llem_mlflow.config.models import (
     SAMPLING_PRESETS,
     BaselineConfig,

@@ -6,7 +6,11 @@ import time
 import pytest
 
 from llem_mlflow.config.models import ExperimentConfig
-from llem_mlflow.energy.codecarbon_source import CodeCarbonSource, CodeCarbonUnavailable, country_problem
+from llem_mlflow.energy.codecarbon_source import (
+    CodeCarbonSource,
+    CodeCarbonUnavailable,
+    country_problem,
+)
 from llem_mlflow.energy.monitor import EnergyMonitor
 from llem_mlflow.errors import EnergyError
 

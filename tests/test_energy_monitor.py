@@ -4,7 +4,13 @@ import os
 import time
 
 import pytest
-from fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED, FakeGpu, FakeNvml, two_gpus
+from fake_nvml import (
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    FakeGpu,
+    FakeNvml,
+    two_gpus,
+)
 
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.energy.monitor import EnergyMonitor

@@ -3,7 +3,14 @@
 import time
 
 import pytest
-from fake_nvml import NVML_ERROR_GPU_IS_LOST, NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED, FakeGpu, FakeNvml, two_gpus
+from fake_nvml import (
+    NVML_ERROR_GPU_IS_LOST,
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    FakeGpu,
+    FakeNvml,
+    two_gpus,
+)
 
 from llem_mlflow.energy.devices import GpuTarget
 from llem_mlflow.energy.nvml import (

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import mlflow_run, write_config
 
 from llem_mlflow.config.loader import load_config
 from llem_mlflow.config.params import config_from_params, config_to_params
 
 pytestmark = pytest.mark.slow
-
-
-def _mlflow_run(project: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def _only_run(experiment_name: str):
@@ -30,9 +24,9 @@ def _only_run(experiment_name: str):
     return client, runs[0]
 
 
-def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
+def test_quickstart_throughmlflow_run(mlflow_store, project_copy):
     cfg_path = project_copy / "examples" / "quickstart.yaml"
-    result = _mlflow_run(
+    result = mlflow_run(
         project_copy, "-P", f"config={cfg_path}", "--experiment-name", "quick", "--run-name", "first"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,7 +69,7 @@ def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
 def test_bad_config_under_mlflow_run_fails_the_run_cleanly(mlflow_store, project_copy, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: random:tiny\npytorch:\n  batchsize: 2\n")
-    result = _mlflow_run(project_copy, "-P", f"config={bad}", "--experiment-name", "bad")
+    result = mlflow_run(project_copy, "-P", f"config={bad}", "--experiment-name", "bad")
     assert result.returncode != 0
     assert 'did you mean "pytorch.batch_size"' in result.stderr
     assert "Traceback" not in result.stderr.split("mlflow.exceptions")[0]
@@ -84,7 +78,7 @@ def test_bad_config_under_mlflow_run_fails_the_run_cleanly(mlflow_store, project
     assert "pytorch.batchsize" in run.data.tags["llem.error"]
 
 
-def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
+def test_llem_run_outsidemlflow_run(mlflow_store, tmp_path):
     cfg = write_config(tmp_path / "exp.yaml")
     cmd = [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--experiment-name", "direct", "--run-name", "r1",
            "-o", "dataset.n=6", "--quiet"]

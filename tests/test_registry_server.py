@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
-from mlflow_server import contract_run, mlflow_server  # noqa: F401  (the fixture)
+from mlflow_server import contract_run
 
 from llem_mlflow.tracking.version_tags import parse_hardware_results
 
@@ -115,7 +115,10 @@ def test_compare_over_rest_with_summary_run(client, name, experiment_id, tmp_pat
 
 def test_transformers_model_resolves_through_the_server(server, name, tmp_path):
     import mlflow
-    from test_registry_transformers import assert_loads_same_model, log_transformers_model
+    from test_registry_transformers import (
+        assert_loads_same_model,
+        log_transformers_model,
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llem_mlflow.bench.random_models import random_model_dir

@@ -12,15 +12,13 @@ import time
 
 import pytest
 from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml
-from helpers import write_config
-from test_reliability_support import (  # noqa: F401  (fixtures)
-    _template_db,
+from helpers import (
     all_runs,
     artifact_json,
     artifact_paths,
     assert_failed_with,
     only_run,
-    store,
+    write_config,
 )
 
 from llem_mlflow.launch import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_OK, launch
@@ -28,7 +26,7 @@ from llem_mlflow.launch import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_OK, launch
 pytestmark = pytest.mark.slow
 
 
-def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(store, tmp_path, capsys, monkeypatch):
+def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_store, tmp_path, capsys, monkeypatch):
     # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3.
     monkeypatch.setenv("LLEM_TEST_OOM_AT_BATCH", "3")
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6})
@@ -50,7 +48,7 @@ def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(store, tmp
     assert "requests.csv" in artifact_paths(run.info.run_id)
 
 
-def test_sigterm_marks_the_run_killed_and_keeps_partial_data(store, tmp_path):
+def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_path):
     # Long enough to be interrupted mid-measure: 400 prompts, one per batch; CodeCarbon on so that
     # the energy of the phases that finished (load, warmup) is there to keep.
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1}, energy={"codecarbon": True})
@@ -99,7 +97,7 @@ def _wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> No
     pytest.fail("the run did not reach the measure phase in time")
 
 
-def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(store, tmp_path, capsys, monkeypatch):
+def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store, tmp_path, capsys, monkeypatch):
     """NVML (the GPU is lost) and CodeCarbon (stop() raises) both fail from the first measured batch.
 
     Only the hardware is fake: a fake NVML behind pynvml's interface stands for the GPU this

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import write_config
-from test_reliability_support import _template_db, all_runs, assert_failed_with, llem, mlflow_run, only_run, store  # noqa: F401
+from helpers import (
+    all_runs,
+    assert_failed_with,
+    llem,
+    mlflow_run,
+    only_run,
+    write_config,
+)
 
 from llem_mlflow.launch import EXIT_BAD_INPUT, launch
 
@@ -96,7 +102,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_bad_input_through_llem_run(case: BadInput, store, tmp_path, capsys):
+def test_bad_input_through_llem_run(case: BadInput, mlflow_store, tmp_path, capsys):
     path = case.write(tmp_path)
     code = launch(str(path), experiment_name="bad", quiet=True)
     out, err = capsys.readouterr()
@@ -118,7 +124,7 @@ BY_NAME = {case.name: case for case in CASES}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["missing_config_file", "dataset_lacks_column"])
-def test_bad_input_through_the_real_cli(name, store, tmp_path):
+def test_bad_input_through_the_real_cli(name, mlflow_store, tmp_path):
     """The real command line: exit 2, the message on stderr, no traceback anywhere."""
     case = BY_NAME[name]
     result = llem("run", str(case.write(tmp_path)), "--quiet")
@@ -134,7 +140,7 @@ def test_bad_input_through_the_real_cli(name, store, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["invalid_yaml", "models_uri_not_found", "dataset_file_empty"])
-def test_bad_input_under_mlflow_run_ends_the_run_failed(name, store, project_copy, tmp_path):
+def test_bad_input_under_mlflow_run_ends_the_run_failed(name, mlflow_store, project_copy, tmp_path):
     """Under `mlflow run` the run exists before the config is read: it must end FAILED, never RUNNING."""
     case = BY_NAME[name]
     result = mlflow_run(project_copy, "-P", f"config={case.write(tmp_path)}", "--experiment-name", "bad")

@@ -5,8 +5,7 @@ is never trusted unless the config says so. (The basic-auth server test is in te
 from __future__ import annotations
 
 import pytest
-from helpers import write_config
-from test_reliability_support import _template_db, all_runs, artifact_bytes, artifact_paths, only_run, store  # noqa: F401
+from helpers import artifact_bytes, artifact_paths, only_run, write_config
 
 from llem_mlflow.config.loader import load_config
 from llem_mlflow.errors import ConfigError
@@ -57,7 +56,7 @@ def _scan_run(run) -> list[str]:
 
 
 @pytest.mark.slow
-def test_secrets_never_reach_params_tags_or_artifacts(store, tmp_path, monkeypatch, capsys):
+def test_secrets_never_reach_params_tags_or_artifacts(mlflow_store, tmp_path, monkeypatch, capsys):
     for name, value in ENV_SECRETS.items():
         monkeypatch.setenv(name, value)
     # `token` is the one secret from_pretrained() takes (the other keys would reach the model's
@@ -76,7 +75,7 @@ def test_secrets_never_reach_params_tags_or_artifacts(store, tmp_path, monkeypat
     assert run.data.tags["service_token"] == REDACTED
 
 
-def test_secret_values_stay_out_of_a_failed_run_too(store, tmp_path, monkeypatch, capsys):
+def test_secret_values_stay_out_of_a_failed_run_too(mlflow_store, tmp_path, monkeypatch, capsys):
     """A run that fails logs its error, config and partial results: still no secret. (It fails at the model
     load: from_pretrained() hands the unknown keys to the model's __init__.)"""
     for name, value in ENV_SECRETS.items():
@@ -91,7 +90,7 @@ def test_secret_values_stay_out_of_a_failed_run_too(store, tmp_path, monkeypatch
     assert not [s for s in ALL_SECRETS if s in out + err]
 
 
-def test_trust_remote_code_is_false_unless_set(store, tmp_path, capsys):
+def test_trust_remote_code_is_false_unless_set(mlflow_store, tmp_path, capsys):
     import json
 
     from llem_mlflow.bench.loading import from_pretrained_kwargs
@@ -115,7 +114,6 @@ def test_trust_remote_code_is_false_unless_set(store, tmp_path, capsys):
     assert run.data.params["pytorch.trust_remote_code"] == "None"
 
 
-@pytest.mark.xfail(strict=True, reason="loader.describe_error echoes the given value; fix proposed (redact under secret keys)")
 def test_config_errors_do_not_echo_secret_values(tmp_path):
     """A wrongly typed value under a secret key is refused without printing it (under `mlflow run`
     the message becomes the run's llem.error tag)."""

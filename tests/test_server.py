@@ -7,18 +7,14 @@ The shared server comes from tests/mlflow_server.py; the tests that need their o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from helpers import write_config
-from mlflow_server import _stop, _wait_until_healthy, free_port, mlflow_server  # noqa: F401  (fixture)
-from test_reliability_support import artifact_json, artifact_paths, artifact_text
+from helpers import artifact_json, artifact_paths, artifact_text, write_config
+from mlflow_server import free_port, running_mlflow_server
 
 from llem_mlflow.config.loader import load_config
 from llem_mlflow.config.params import config_to_params
@@ -27,30 +23,6 @@ from llem_mlflow.launch import EXIT_BAD_INPUT, EXIT_OK, launch
 # What a client needs to ride out a restart: MLflow retries refused connections with backoff
 # (urllib3 Retry: sleeps 0, 2, 4, 8, ... s with factor 1; 10 retries is MLflow's upper limit).
 RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-
-
-@contextlib.contextmanager
-def _server(directory: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1:port with its sqlite store and artifacts under directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    uri = f"http://127.0.0.1:{port}"
-    log_path = directory / f"server-{time.monotonic_ns()}.log"
-    command = [
-        sys.executable, "-m", "mlflow", "server", *extra,
-        "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-        "--artifacts-destination", str(directory / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})},
-        )  # fmt: skip
-    try:
-        _wait_until_healthy(uri, process, log_path)
-        yield uri
-    finally:
-        _stop(process)
 
 
 def _client(uri: str):
@@ -100,7 +72,7 @@ def test_four_runs_at_once_each_end_with_their_own_params_and_metrics(mlflow_ser
 def test_server_killed_and_restarted_during_a_run_loses_nothing(tmp_path):
     directory, port = tmp_path / "server", free_port()
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 12}, pytorch={"batch_size": 1})
-    with _server(directory, port) as uri:
+    with running_mlflow_server(directory, port) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, **RETRY_ENV}
         process = subprocess.Popen(
             [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet", "--run-name", "survivor"],
@@ -113,7 +85,7 @@ def test_server_killed_and_restarted_during_a_run_loses_nothing(tmp_path):
     killed_at = time.time()
     time.sleep(3)
     assert process.poll() is None, "the run must still be alive, waiting on its retries"
-    with _server(directory, port) as uri:
+    with running_mlflow_server(directory, port) as uri:
         restarted_at = time.time()
         out, err = process.communicate(timeout=400)
         assert process.returncode == EXIT_OK, err[-3000:]
@@ -128,7 +100,6 @@ def test_server_killed_and_restarted_during_a_run_loses_nothing(tmp_path):
         assert {"config/experiment.yaml", "config/resolved.json", "requests.csv"} <= set(artifact_paths(run_id, uri=uri))
 
 
-@pytest.mark.xfail(strict=True, reason="tracking/run.py _experiment_id does not catch RESOURCE_ALREADY_EXISTS; fix proposed")
 def test_runs_starting_together_share_a_new_experiment(mlflow_store, monkeypatch):
     """Parallel runs (sweeps, the four-run test) name a new experiment: the one that loses the race to
     create it must use the winner's, not fail. The lost race is replayed exactly: the experiment is
@@ -173,7 +144,7 @@ def test_basic_auth_server_needs_credentials(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
-    with _server(directory, free_port(), "--app-name", "basic-auth", env=server_env) as uri:
+    with running_mlflow_server(directory, extra_args=("--app-name", "basic-auth"), env=server_env) as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
         # Without credentials: our error, exit 2, no traceback, and it says how to log in.

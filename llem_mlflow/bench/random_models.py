@@ -168,7 +168,14 @@ def build_tokenizer(pad_to: int = 0):
     `pad_to`: grow the vocabulary to this size with reserved tokens, so a
     real-shaped model's every output id decodes to something.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     from llem_mlflow.bench.prompts import builtin_prompt_texts

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.redact import is_secret_key
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -112,6 +113,8 @@ def describe_error(err: dict[str, Any]) -> str:
         # Cross-field rules name their fields themselves; a top-level one needs no "(top level)".
         return f"{path}: {message}" if loc else message
     given = err.get("input")
+    if any(is_secret_key(part) for part in loc):
+        return f"{path}: {message} (value not shown: the field looks like a secret)"
     shown = repr(given)
     if len(shown) > 80:
         shown = shown[:77] + "..."

@@ -6,9 +6,8 @@ error, never a silently ignored key. `docs/config.md` documents every field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import math
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 

@@ -21,11 +21,14 @@ from typing import Any, Callable
 
 from llem_mlflow.energy import warnings as checks
 from llem_mlflow.energy.baseline import Baseline, dynamic_energy_j, measure_idle_power
-from llem_mlflow.energy.codecarbon_source import CodeCarbonSource, CodeCarbonUnavailable, country_problem
+from llem_mlflow.energy.codecarbon_source import (
+    CodeCarbonSource,
+    CodeCarbonUnavailable,
+    country_problem,
+)
 from llem_mlflow.energy.devices import select_gpus
 from llem_mlflow.energy.nvml import (
     NVML_TEMPERATURE_GPU,
-    GpuDevice,
     NvmlError,
     NvmlGpuSource,
     PowerSampler,

@@ -49,7 +49,9 @@ def plot_power(
     path: Path,
 ) -> Path:
     """Power per GPU over time; phases shaded and labelled; idle baseline as a dashed line per GPU."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
+    from matplotlib.backends.backend_agg import (
+        FigureCanvasAgg,  # Agg: no display, no global pyplot state
+    )
     from matplotlib.figure import Figure
 
     t0 = min(s.timestamp_ms for s in samples)

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.config.loader import _section_model, parse_text, read_mapping, validate_config
+from llem_mlflow.config.loader import (
+    _section_model,
+    parse_text,
+    read_mapping,
+    validate_config,
+)
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.config.params import config_hash
 from llem_mlflow.errors import ConfigError

@@ -23,6 +23,14 @@ MAX_TAG_VALUE = 8000
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
+# The fix for a tracking server that refused us, by HTTP status.
+AUTH_HINTS = {
+    401: " Fix: the tracking server requires a login: set MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment.",
+    403: " Fix: the tracking server refused this user: ask its admin for EDIT permission on the experiment, "
+    "or log in as another user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD).",
+}
+
 
 class RunLogger:
     """Batched logging to one MLflow run."""
@@ -59,7 +67,8 @@ class RunLogger:
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
             return cls(client, run.info.run_id, created_here=True)
         except MlflowException as exc:
-            raise TrackingError(f"MLflow refused to start the run ({_where()}): {_first_line(exc)}") from None
+            hint = AUTH_HINTS.get(exc.get_http_status_code(), "")
+            raise TrackingError(f"MLflow refused to start the run ({_where()}): {_first_line(exc)}{hint}") from None
         except OSError as exc:  # connection refused etc.
             raise TrackingError(f"cannot reach the MLflow tracking store ({_where()}): {exc}") from None
 
@@ -133,7 +142,17 @@ def _experiment_id(client: Any, name: str | None) -> str:
     if not name:
         return env_id or "0"
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment:
+        return experiment.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # Another run created it between our look-up and our create (parallel runs).
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -4,7 +4,9 @@
 Short questions, instructions of middle length, and long prompts that embed a
 passage written for this project, so input lengths vary from a few words to a
 few hundred. Deterministic (fixed seed)."""
-import json, random, sys
+import json
+import random
+import sys
 
 rng = random.Random(2024)
 
