@@ -39,6 +39,14 @@ def _cuda_available() -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def no_active_mlflow_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits a run or experiment from the environment (mlflow.set_experiment() in one test
+    leaves MLFLOW_EXPERIMENT_ID behind for the next)."""
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One random-model cache for the whole session (tests and their subprocesses)."""
@@ -71,9 +79,6 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _migrated_stor
         con.commit()
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     return uri
 

@@ -24,7 +24,7 @@ def _only_run(experiment_name: str):
     return client, runs[0]
 
 
-def test_quickstart_throughmlflow_run(mlflow_store, project_copy):
+def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
     cfg_path = project_copy / "examples" / "quickstart.yaml"
     result = mlflow_run(
         project_copy, "-P", f"config={cfg_path}", "--experiment-name", "quick", "--run-name", "first"
@@ -78,7 +78,7 @@ def test_bad_config_under_mlflow_run_fails_the_run_cleanly(mlflow_store, project
     assert "pytorch.batchsize" in run.data.tags["llem.error"]
 
 
-def test_llem_run_outsidemlflow_run(mlflow_store, tmp_path):
+def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
     cfg = write_config(tmp_path / "exp.yaml")
     cmd = [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--experiment-name", "direct", "--run-name", "r1",
            "-o", "dataset.n=6", "--quiet"]

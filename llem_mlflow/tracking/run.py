@@ -58,7 +58,12 @@ class RunLogger:
             active = os.environ.get("MLFLOW_RUN_ID")
             if active:
                 client.get_run(active)  # fails clearly if it does not exist
-                return cls(client, active, created_here=False)
+                logger = cls(client, active, created_here=False)
+                # `mlflow run` created the run without run-context plugins: add our hardware tags.
+                from llem_mlflow.tracking.context_provider import HardwareContextProvider
+
+                logger.set_tags(HardwareContextProvider().tags())
+                return logger
             experiment_id = experiment_id or _experiment_id(client, experiment_name)
             from mlflow.tracking.context.registry import resolve_tags
             from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
