@@ -36,6 +36,9 @@ def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path
     for phase in ("environment", "load", "warmup", "measure"):
         assert m[f"time/{phase}_s"] > 0
     assert m["tokens/output_total"] == 4 * 8
+    # the MLflow UI opens this experiment on its runs table, not the GenAI traces view
+    assert client.get_experiment_by_name("trials").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["mlflow.source.name"] == "llem-mlflow run"
 
 
 def test_beam_search_has_no_ttft_and_says_why(mlflow_store, tmp_path):

@@ -23,6 +23,9 @@ MAX_TAG_VALUE = 8000
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
+# The experiment tag the MLflow 3 UI reads to choose between its GenAI and model-training views.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
 # The fix for a tracking server that refused us, by HTTP status.
 AUTH_HINTS = {
     401: " Fix: the tracking server requires a login: set MLFLOW_TRACKING_USERNAME and "
@@ -57,7 +60,8 @@ class RunLogger:
         try:
             active = os.environ.get("MLFLOW_RUN_ID")
             if active:
-                client.get_run(active)  # fails clearly if it does not exist
+                run = client.get_run(active)  # fails clearly if it does not exist
+                mark_experiment_kind(client, run.info.experiment_id)
                 logger = cls(client, active, created_here=False)
                 # `mlflow run` created the run without run-context plugins: add our hardware tags.
                 from llem_mlflow.tracking.context_provider import HardwareContextProvider
@@ -66,9 +70,13 @@ class RunLogger:
                 return logger
             experiment_id = experiment_id or _experiment_id(client, experiment_name)
             from mlflow.tracking.context.registry import resolve_tags
-            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME
 
-            tags = resolve_tags({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})
+            mark_experiment_kind(client, experiment_id)
+            ours = {MLFLOW_SOURCE_NAME: "llem-mlflow run"}  # not the path of __main__.py
+            if parent_run_id:
+                ours[MLFLOW_PARENT_RUN_ID] = parent_run_id
+            tags = resolve_tags(ours)
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
             return cls(client, run.info.run_id, created_here=True)
         except MlflowException as exc:
@@ -139,6 +147,14 @@ class RunLogger:
         if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
             line += f"\nsee it with: mlflow ui --backend-store-uri {uri}"
         return line
+
+
+def mark_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Tell the MLflow UI that this experiment holds classic runs (params, metrics, charts), so it
+    opens on the runs table rather than the GenAI traces view. A kind already set is kept."""
+    experiment = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
 
 
 def _experiment_id(client: Any, name: str | None) -> str:
