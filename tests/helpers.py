@@ -100,3 +100,14 @@ def assert_failed_with(run: Any, *needles: str, status: str = "FAILED") -> None:
     for needle in needles:
         assert needle in error, (needle, error)
         assert needle in error_file, (needle, error_file)
+
+
+def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
+    """`llem-mlflow ARGS` in-process through click's CliRunner (output as a user sees it)."""
+    from click.testing import CliRunner
+
+    from llem_mlflow.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == expect_exit, result.output
+    return result

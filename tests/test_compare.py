@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow_server import contract_run
 
+from llem_mlflow.cli import main as cli_main
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.tracking import compare as cmp
 
@@ -48,14 +49,6 @@ def three_runs(client, request, tmp_path):
         for run_name, bs, metrics in specs
     ]
     return name, experiment_id, run_ids
-
-
-def cli_group():
-    from llem_mlflow import cli, cli_registry
-
-    if "compare" in cli.main.commands:
-        return cli.main
-    return cli.LlemGroup(commands=[cli_registry.register, cli_registry.tag_best, cli_registry.compare])
 
 
 def test_pareto_front():
@@ -158,7 +151,7 @@ def test_cli_compare(client, three_runs, tmp_path):
     runner = CliRunner()
     plot = tmp_path / "p.png"
     result = runner.invoke(
-        cli_group(), ["compare", "--experiment", name, "--format", "markdown", "--plot", str(plot), "--summary-run", "cmp"]
+        cli_main, ["compare", "--experiment", name, "--format", "markdown", "--plot", str(plot), "--summary-run", "cmp"]
     )
     assert result.exit_code == 0, result.output
     assert "| bs8 | 8 | - | 210 | 40 |" in result.output
@@ -166,9 +159,9 @@ def test_cli_compare(client, three_runs, tmp_path):
     summaries = client.search_runs([experiment_id], "attributes.run_name = 'cmp'")
     assert len(summaries) == 1 and summaries[0].data.tags[cmp.TAG_SUMMARY] == "true"
 
-    result = runner.invoke(cli_group(), ["compare", *run_ids[:2], "--format", "json"])
+    result = runner.invoke(cli_main, ["compare", *run_ids[:2], "--format", "json"])
     assert result.exit_code == 0, result.output
     assert [r["run_name"] for r in json.loads(result.stdout)["runs"]] == ["bs1", "bs4"]
 
-    result = runner.invoke(cli_group(), ["compare", "--experiment", "missing-experiment"])
+    result = runner.invoke(cli_main, ["compare", "--experiment", "missing-experiment"])
     assert result.exit_code == 2 and "missing-experiment" in result.output and "Traceback" not in result.output

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow_server import contract_run
 
+from llem_mlflow.cli import main as cli_main
 from llem_mlflow.errors import ModelLoadError, TrackingError
 from llem_mlflow.tracking import best
 from llem_mlflow.tracking.registry import (
@@ -48,15 +49,6 @@ def name(request):
 @pytest.fixture
 def experiment_id(client, name, tmp_path):
     return client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
-
-
-def cli_group():
-    """The commands under the real main group when cli.py has them, else under the same error handling."""
-    from llem_mlflow import cli, cli_registry
-
-    if "tag-best" in cli.main.commands:
-        return cli.main
-    return cli.LlemGroup(commands=[cli_registry.register, cli_registry.tag_best, cli_registry.compare])
 
 
 def test_hardware_slug_is_stable_and_dotless():
@@ -221,20 +213,20 @@ def test_cli_register_and_tag_best(client, name, experiment_id):
     run_a = contract_run(client, experiment_id, metrics={"energy/j_per_output_token": 0.7})
     run_b = contract_run(client, experiment_id, metrics={"energy/j_per_output_token": 0.6})
     for run_id in (run_a, run_b, run_a):
-        result = runner.invoke(cli_group(), ["register", run_id, "--name", name, "--tag", "owner=me"])
+        result = runner.invoke(cli_main, ["register", run_id, "--name", name, "--tag", "owner=me"])
         assert result.exit_code == 0, result.output
     assert f"{name} version 1" in result.output  # the re-registered run kept its version
     assert "llem.energy.j_per_output_token = 0.7" in result.output
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
 
-    result = runner.invoke(cli_group(), ["tag-best", name, "--gpu", H100, "--alias", "greenest"])
+    result = runner.invoke(cli_main, ["tag-best", name, "--gpu", H100, "--alias", "greenest"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "lower is better" in lines[0]
     assert lines[2].split()[:3] == ["1", "2", "0.6"] and lines[3].split()[:3] == ["2", "1", "0.7"]
     assert str(client.get_model_version_by_alias(name, "greenest").version) == "2"
 
-    result = runner.invoke(cli_group(), ["tag-best", name, "--gpu", "Tesla T4"])
+    result = runner.invoke(cli_main, ["tag-best", name, "--gpu", "Tesla T4"])
     assert result.exit_code == 2 and "Tesla T4" in result.output and "Traceback" not in result.output
-    result = runner.invoke(cli_group(), ["register", "f" * 32, "--name", name])
+    result = runner.invoke(cli_main, ["register", "f" * 32, "--name", name])
     assert result.exit_code == 2 and "not found" in result.output

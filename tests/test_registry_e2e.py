@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from helpers import write_config
+from helpers import invoke_cli, write_config
 
 from llem_mlflow.tracking.version_tags import hardware_slug
 
@@ -25,20 +24,6 @@ def llem_run(config: Path, *args: str) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=600, env=os.environ.copy(),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
-def cli_group():
-    from llem_mlflow import cli, cli_registry
-
-    if "tag-best" in cli.main.commands:
-        return cli.main
-    return cli.LlemGroup(commands=[cli_registry.register, cli_registry.tag_best, cli_registry.compare])
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli_group(), list(args))
-    assert result.exit_code == 0, result.output
     return result
 
 
@@ -66,11 +51,11 @@ def test_run_two_configs_compare_and_tag_best(mlflow_store, tmp_path):
         assert float(version.tags["llem.energy.j_per_output_token"]) == measured
 
     # Re-registering a run made by the runner returns its version.
-    again = invoke("register", versions[0].tags["llem.run_id"], "--name", "tiny-llm")
+    again = invoke_cli("register", versions[0].tags["llem.run_id"], "--name", "tiny-llm")
     assert "tiny-llm version 1" in again.output
 
     plot = tmp_path / "pareto.png"
-    table = invoke("compare", "--experiment", "walkthrough", "--format", "csv", "--plot", str(plot)).stdout
+    table = invoke_cli("compare", "--experiment", "walkthrough", "--format", "csv", "--plot", str(plot)).stdout
     rows = list(csv.DictReader(io.StringIO(table)))
     assert [r["run"] for r in rows] == ["bs1", "bs4"]
     assert [r["pytorch.batch_size"] for r in rows] == ["1", "4"]
@@ -80,7 +65,7 @@ def test_run_two_configs_compare_and_tag_best(mlflow_store, tmp_path):
         ]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    ranking = invoke("tag-best", "tiny-llm", "--metric", "energy/j_per_output_token", "--alias", "most-efficient").stdout
+    ranking = invoke_cli("tag-best", "tiny-llm", "--metric", "energy/j_per_output_token", "--alias", "most-efficient").stdout
     energies = {str(v.version): float(v.tags["llem.energy.j_per_output_token"]) for v in versions}
     expected_best = min(energies, key=energies.get)
     assert f"alias 'most-efficient' -> version {expected_best}" in ranking

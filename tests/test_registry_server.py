@@ -8,7 +8,7 @@ import json
 import uuid
 
 import pytest
-from click.testing import CliRunner
+from helpers import invoke_cli
 from mlflow_server import contract_run
 
 from llem_mlflow.tracking.version_tags import parse_hardware_results
@@ -42,28 +42,14 @@ def experiment_id(client, name):
     return client.create_experiment(name)  # artifacts go through the server (mlflow-artifacts:/)
 
 
-def cli_group():
-    from llem_mlflow import cli, cli_registry
-
-    if "tag-best" in cli.main.commands:
-        return cli.main
-    return cli.LlemGroup(commands=[cli_registry.register, cli_registry.tag_best, cli_registry.compare])
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli_group(), list(args))
-    assert result.exit_code == 0, result.output
-    return result
-
-
 def test_register_tag_results_and_tag_best_over_rest(client, name, experiment_id):
     h100_runs = [
         contract_run(client, experiment_id, metrics={"energy/j_per_output_token": e, "throughput/output_tokens_per_s": t})
         for e, t in ((0.5, 100.0), (0.3, 80.0), (0.6, 140.0))
     ]
     for run_id in h100_runs:
-        invoke("register", run_id, "--name", name)
-    again = invoke("register", h100_runs[1], "--name", name, "--alias", "candidate")
+        invoke_cli("register", run_id, "--name", name)
+    again = invoke_cli("register", h100_runs[1], "--name", name, "--alias", "candidate")
     assert f"{name} version 2 (alias 'candidate')" in again.output
     assert len(client.search_model_versions(f"name = '{name}'")) == 3
 
@@ -81,12 +67,12 @@ def test_register_tag_results_and_tag_best_over_rest(client, name, experiment_id
     results = parse_hardware_results(client.get_model_version(name, "3").tags)
     assert {r.device_name: r.metrics["energy/j_per_output_token"] for r in results.values()} == {H100: 0.6, A100: 0.2}
 
-    ranked = invoke("tag-best", name, "--metric", "energy/j_per_output_token", "--gpu", H100, "--alias", "most-efficient")
+    ranked = invoke_cli("tag-best", name, "--metric", "energy/j_per_output_token", "--gpu", H100, "--alias", "most-efficient")
     assert [line.split()[1] for line in ranked.output.splitlines()[2:5]] == ["2", "1", "3"]
     assert str(client.get_model_version_by_alias(name, "most-efficient").version) == "2"
-    invoke("tag-best", name, "--metric", "energy/j_per_output_token", "--gpu", A100, "--alias", "most-efficient")
+    invoke_cli("tag-best", name, "--metric", "energy/j_per_output_token", "--gpu", A100, "--alias", "most-efficient")
     assert str(client.get_model_version_by_alias(name, "most-efficient").version) == "3"
-    invoke("tag-best", name, "--metric", "throughput/output_tokens_per_s", "--gpu", H100, "--alias", "fastest")
+    invoke_cli("tag-best", name, "--metric", "throughput/output_tokens_per_s", "--gpu", H100, "--alias", "fastest")
     assert str(client.get_model_version_by_alias(name, "fastest").version) == "3"
 
 
@@ -98,12 +84,12 @@ def test_compare_over_rest_with_summary_run(client, name, experiment_id, tmp_pat
             ("bf16", {"energy/j_per_output_token": 0.4, "throughput/output_tokens_per_s": 130.0}),
         )
     ]
-    rows = list(csv.DictReader(io.StringIO(invoke("compare", "--experiment", name, "--format", "csv").stdout)))
+    rows = list(csv.DictReader(io.StringIO(invoke_cli("compare", "--experiment", name, "--format", "csv").stdout)))
     assert [(r["run_id"], r["precision"]) for r in rows] == [(run_ids[0], "fp32"), (run_ids[1], "bf16")]
     assert rows[1]["throughput/output_tokens_per_s [tokens/s]"] == "130.0"
 
     plot = tmp_path / "front.png"
-    result = invoke("compare", *run_ids, "--format", "json", "--plot", str(plot), "--log-to-run")
+    result = invoke_cli("compare", *run_ids, "--format", "json", "--plot", str(plot), "--log-to-run")
     assert json.loads(result.stdout)["differing_params"] == ["precision"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = client.search_runs([experiment_id], "attributes.run_name = 'llem-compare'")[0]
