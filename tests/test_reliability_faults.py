@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_store, tmp_path, capsys, monkeypatch):
     # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3.
     monkeypatch.setenv("LLEM_TEST_OOM_AT_BATCH", "3")
-    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6})
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6}, energy={"codecarbon": True})
     code = launch(str(cfg), quiet=True)
     err = capsys.readouterr().err
     assert code == EXIT_FAULT
@@ -46,6 +46,9 @@ def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_sto
     assert m["latency/e2e_ms_p50"] > 0 and m["time/load_s"] > 0 and m["time/warmup_s"] > 0
     assert "time/measure_s" not in m  # the measure phase never ended: no made-up duration
     assert "requests.csv" in artifact_paths(run.info.run_id)
+    # the energy window the fault cut short was closed at the fault and kept, and says so
+    assert m["energy/cpu_j"] > 0 and m["energy/j_per_output_token"] > 0
+    assert "finished before the failure" in run.data.tags["llem.partial"]
 
 
 def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_path):
