@@ -39,8 +39,12 @@ nvidia-smi --query-gpu=name,driver_version,power.limit,persistence_mode --format
 python3 -c "import torch, pynvml, pydantic; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 # The gpu tests only (the rest of the suite needs mlflow); -p no:cacheprovider keeps the tree clean.
-python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_gpu_energy.py 2>&1 | tee "$OUT/pytest_gpu.log"
+python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_gpu_energy.py tests/test_bench_loading.py \
+  tests/test_bench_generation.py 2>&1 | tee "$OUT/pytest_gpu.log"
 tests_rc=${PIPESTATUS[0]}
+
+# Issue 3's overhead target on a GPU: ours/bare <= 1.02.
+python3 benchmarks/overhead.py --model random:gpt2 --n 32 --batch-size 8 2>&1 | tee "$OUT/overhead.log"
 
 python3 benchmarks/gpu_energy.py --model random:llama-3.2-1b --min-seconds 10 --baseline-s 5 \
   --out "$OUT/bench" 2>&1 | tee "$OUT/benchmark.log"
