@@ -72,7 +72,9 @@ class Experiment:
         self.monitor = EnergyMonitor(cfg, synchronize)
         try:
             with self.phase("baseline", energy=False):
-                self.monitor.measure_baseline()
+                measured = self.monitor.measure_baseline()
+            if not measured:  # skipped (disabled, or no GPU): no phase took place, its tag says why
+                del self.state.durations_s["baseline"], self.state.phase_edges["baseline"]
             with self.phase("load"):
                 loaded = self.load_model()
             self.state.tags.update(device_tags(loaded))
@@ -298,17 +300,6 @@ class Experiment:
 @dataclass
 class _Window:
     energy: Any = None
-
-
-def run_experiment(
-    cfg: ExperimentConfig, logger: RunLogger, quiet: bool = False, model_path: str | None = None
-) -> ExperimentState:
-    """Run one experiment into `logger`'s run (the caller ends the run)."""
-    experiment = Experiment(cfg, logger, quiet=quiet, model_path=model_path)
-    try:
-        return experiment.run()
-    finally:
-        experiment.cleanup()
 
 
 # --- small pure helpers ------------------------------------------------------------------

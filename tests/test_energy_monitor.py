@@ -58,7 +58,7 @@ def test_metrics_sum_gpus_and_subtract_the_idle_baseline(monitors):
     for gpu in gpus:
         gpu.set_power(50.0)  # idle
     monitor = start(monitors, config(baseline=True), FakeNvml(gpus))
-    monitor.measure_baseline()
+    assert monitor.measure_baseline() is True
     gpus[0].set_power(150.0)
     gpus[1].set_power(250.0)
     measured = run_phase(monitor, "measure", 0.4)
@@ -284,5 +284,5 @@ def test_temperatures_for_the_cooldown_between_trials(monitors):
 
 def test_no_gpu_temperatures_without_nvml(monitors):
     monitor = start(monitors, config(baseline=True), FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND))
-    monitor.measure_baseline()
+    assert monitor.measure_baseline() is False  # skipped: nothing to measure
     assert monitor.baseline_temperature_c() is None and monitor.gpu_temperature_c() is None

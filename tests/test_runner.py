@@ -35,6 +35,8 @@ def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path
     # every phase has its duration; each trial measured the same requests
     for phase in ("environment", "load", "warmup", "measure"):
         assert m[f"time/{phase}_s"] > 0
+    assert "time/baseline_s" not in m  # baseline disabled: no phase ran, a tag says so
+    assert run.data.tags["llem.energy.baseline"].startswith("skipped")
     assert m["tokens/output_total"] == 4 * 8
     # the MLflow UI opens this experiment on its runs table, not the GenAI traces view
     assert client.get_experiment_by_name("trials").tags["mlflow.experimentKind"] == "custom_model_development"

@@ -110,14 +110,14 @@ class EnergyMonitor:
 
     # --- windows -----------------------------------------------------------------
 
-    def measure_baseline(self) -> None:
-        """Mean idle power per GPU over baseline.duration_s, before the model loads."""
+    def measure_baseline(self) -> bool:
+        """Mean idle power per GPU over baseline.duration_s, before the model loads; False when skipped."""
         if not self.cfg.baseline.enabled:
             self._baseline_note = "skipped: baseline.enabled is false"
-            return
+            return False
         if self._gpu is None:
             self._baseline_note = f"skipped: no GPU measured ({self.gpu_reason})"
-            return
+            return False
         start_ms, start_s = _now_ms(), time.monotonic()
         self._sampler.start()
         try:
@@ -127,6 +127,7 @@ class EnergyMonitor:
             self._baseline_note = f"failed: {exc}"
         self._phases["baseline"] = (start_ms, _now_ms())
         self._windows_s["baseline"] = (start_s, time.monotonic())
+        return True
 
     def baseline_temperature_c(self) -> float | None:
         """Mean idle temperature of the hottest measured GPU during the baseline (None: no baseline)."""
