@@ -47,6 +47,7 @@ def launch(
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
             logger = RunLogger.start()
         cfg = load_config(config_path, overrides)
+        _check_country(cfg)
         model_path, registered_version = _resolve_registered_model(cfg.model)
         if logger is None:
             logger = RunLogger.start(experiment_name, experiment_id, run_name, parent_run_id)
@@ -105,6 +106,18 @@ def _fail(logger: Any, experiment: Any, status: str, message: str, detail: str |
         logger.end(status)
     except Exception as exc:
         print(f"warning: could not mark run {logger.run_id} {status}: {exc}", file=sys.stderr)
+
+
+def _check_country(cfg: Any) -> None:
+    """An unknown carbon-intensity country is bad input: refuse it before a run exists."""
+    if not cfg.energy.codecarbon:
+        return
+    from llem_mlflow.energy.codecarbon_source import country_problem
+    from llem_mlflow.errors import ConfigError
+
+    problem = country_problem(cfg.energy.country_iso_code)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _resolve_registered_model(model: str) -> tuple[str | None, tuple[str, str] | None]:
