@@ -24,7 +24,7 @@ def main() -> None:
         client = MlflowClient()
         experiment_id = client.create_experiment("bench")
 
-        logger = RunLogger(client, client.create_run(experiment_id).info.run_id, created_here=True)
+        logger = RunLogger(client, client.create_run(experiment_id).info.run_id)
         start = time.perf_counter()
         logger.log_params(params)
         batched = time.perf_counter() - start

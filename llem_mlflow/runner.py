@@ -39,7 +39,6 @@ class ExperimentState:
 
     phase: str = "start"
     durations_s: dict[str, float] = field(default_factory=dict)
-    phase_edges: dict[str, tuple[float, float]] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
     trial_metrics: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -67,18 +66,16 @@ class Experiment:
         cfg = self.cfg
         self.log_config()
         with self.phase("environment"):
-            self.state.tags.update(environment_tags(cfg))
-            self.logger.set_tags(self.state.tags)
-        self.monitor = EnergyMonitor(cfg, synchronize)
+            self.add_tags(environment_tags())
+        self.monitor = EnergyMonitor(cfg, synchronize, workdir=self.workdir / "energy-meters")
         try:
             with self.phase("baseline", energy=False):
                 measured = self.monitor.measure_baseline()
             if not measured:  # skipped (disabled, or no GPU): no phase took place, its tag says why
-                del self.state.durations_s["baseline"], self.state.phase_edges["baseline"]
+                del self.state.durations_s["baseline"]
             with self.phase("load"):
                 loaded = self.load_model()
-            self.state.tags.update(device_tags(loaded))
-            self.logger.set_tags(self.state.tags)
+            self.add_tags(device_tags(loaded))
             generator, batches = self.prepare(loaded)
             with self.phase("warmup"):
                 self.run_warmup(generator, batches)
@@ -95,15 +92,13 @@ class Experiment:
     def log_config(self) -> None:
         cfg = redacted_config(self.cfg)
         self.logger.log_params(config_to_params(cfg))
-        tags = {
-            "llem.version": __version__,
-            "llem.config_hash": config_hash(cfg),
-            "llem.model": cfg.model,
-            **cfg.tags,
-        }
+        self.add_tags({"llem.version": __version__, "llem.config_hash": config_hash(cfg), "llem.model": cfg.model, **cfg.tags})
+        self.logger.log_text(config_to_yaml(cfg), "config/experiment.yaml")
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Log tags now and keep them for results.json."""
         self.state.tags.update(tags)
         self.logger.set_tags(tags)
-        self.logger.log_text(config_to_yaml(cfg), "config/experiment.yaml")
 
     def load_model(self) -> Any:
         from llem_mlflow.bench.loading import load_model
@@ -137,13 +132,13 @@ class Experiment:
         reset_gpu_peak_memory(loaded)
         phase = "measure" if trial == 1 else f"measure/{trial}"
         records: list[Any] = []
+        if trial == 1:
+            self.state.records = records  # filled batch by batch: what a failure keeps
         with self.phase(phase) as window:
             with progress(len(batches), f"measure {trial}/{self.cfg.n_trials}", self.quiet) as advance:
                 for number, batch in enumerate(batches, start=1):
                     inject_test_fault(number)
                     records.extend(generator.run_batch(batch))
-                    if trial == 1:
-                        self.state.records = records
                     advance()
         duration = self.state.durations_s[phase]
         metrics = latency_metrics(records)
@@ -177,21 +172,21 @@ class Experiment:
     # --- report ---------------------------------------------------------------------
     def report(self, loaded: Any, generator: Any) -> None:
         state = self.state
-        metrics = {f"time/{name}_s": value for name, value in state.durations_s.items() if "/" not in name}
+        metrics = self.phase_time_metrics()
         metrics.update(summarise_trials(state.trial_metrics))
         metrics.update(state.metrics)
         metrics.update(model_metrics(loaded))
         metrics.update(gpu_memory_metrics(loaded))
         metrics["memory/process_peak_rss_mb"] = peak_rss_mb()
         state.metrics = metrics
+        tags = self.monitor.tags()
         if any(r.ttft_ms is None for r in state.records):
-            state.tags["llem.latency.streaming"] = (
+            tags["llem.latency.streaming"] = (
                 "unavailable: beam search cannot stream, so TTFT and inter-token latency were not measured; "
                 "latency/e2e_ms_* is per batch"
             )
-        state.tags.update(self.monitor.tags())
         self.logger.log_metrics(metrics)
-        self.logger.set_tags(state.tags)
+        self.add_tags(tags)
         if len(state.trial_metrics) > 1:
             self.logger.log_metric_points(
                 (f"trial/{name}", value, int(time.time() * 1000), trial)
@@ -213,8 +208,7 @@ class Experiment:
         }
         self.logger.log_json(resolved, "config/resolved.json")
         self.logger.log_json(self.results_json(), "results.json")
-        write_request_table(self.state.records, out / "requests.csv")
-        self.logger.log_artifact(out / "requests.csv")
+        self.log_request_table()
         plot = plot_latency(self.state.records, out / "latency.png")
         if plot:
             self.logger.log_artifact(plot, "plots")
@@ -246,25 +240,32 @@ class Experiment:
         from llem_mlflow.bench.stats import latency_metrics
 
         partial = dict(self.state.metrics)
-        tags = {"llem.failed_phase": self.state.phase, **self.state.tags}
+        tags = {"llem.failed_phase": self.state.phase}  # the tags gathered so far are logged already
         if self.state.records and not self.state.trial_metrics:
             partial.update(latency_metrics(self.state.records))
             if self.state.interrupted_energy is not None:
                 output_tokens = sum(r.output_tokens for r in self.state.records)
                 partial.update(self.monitor.metrics(self.state.interrupted_energy, output_tokens, len(self.state.records)))
                 tags["llem.partial"] = "energy/* and latency/* cover the measured batches that finished before the failure"
-        partial.update({f"time/{n}_s": v for n, v in self.state.durations_s.items() if "/" not in n})
+        partial.update(self.phase_time_metrics())
         self.state.metrics = partial
         self.logger.log_metrics(partial)
         if self.monitor is not None:
             tags.update(self.monitor.tags())
             self.log_energy_artifacts()
-        self.logger.set_tags(tags)
+        self.add_tags(tags)
         self.logger.log_json(self.results_json(error), "results.json")
         if self.state.records:
-            path = self.workdir / "requests.csv"
-            write_request_table(self.state.records, path)
-            self.logger.log_artifact(path)
+            self.log_request_table()
+
+    def log_request_table(self) -> None:
+        path = self.workdir / "requests.csv"
+        write_request_table(self.state.records, path)
+        self.logger.log_artifact(path)
+
+    def phase_time_metrics(self) -> dict[str, float]:
+        """`time/<phase>_s` for every phase that ended (trials after the first are in trial/*)."""
+        return {f"time/{name}_s": value for name, value in self.state.durations_s.items() if "/" not in name}
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -280,8 +281,7 @@ class Experiment:
         synchronize()
         if measure_energy:
             self.monitor.begin(name)
-        start = time.time()
-        start_perf = time.perf_counter()
+        start = time.perf_counter()
         try:
             yield window
         except BaseException:
@@ -290,11 +290,9 @@ class Experiment:
                     self.state.interrupted_energy = self.monitor.end(name)
             raise
         synchronize()
-        end_perf = time.perf_counter()
+        self.state.durations_s[name] = time.perf_counter() - start
         if measure_energy:
             window.energy = self.monitor.end(name)
-        self.state.durations_s[name] = end_perf - start_perf
-        self.state.phase_edges[name] = (start, start + end_perf - start_perf)
 
 
 @dataclass
@@ -351,7 +349,7 @@ def peak_rss_mb() -> float:
 
 
 def model_metrics(loaded: Any) -> dict[str, float]:
-    from llem_mlflow.bench.generation import flops_per_output_token
+    from llem_mlflow.bench.stats import flops_per_output_token
 
     return {"flops/per_output_token": float(flops_per_output_token(loaded)), "model/params": float(loaded.n_params)}
 
@@ -396,7 +394,7 @@ def environment_snapshot() -> dict[str, Any]:
     }
 
 
-def environment_tags(cfg: ExperimentConfig) -> dict[str, str]:
+def environment_tags() -> dict[str, str]:
     env = environment_snapshot()
     return {
         "llem.versions.python": env["python"],

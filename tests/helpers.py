@@ -58,8 +58,15 @@ def all_runs() -> list[Any]:
     return client.search_runs(ids) if ids else []
 
 
-def only_run() -> Any:
-    runs = all_runs()
+def only_run(experiment_name: str | None = None) -> Any:
+    """The single run in the store (or in that experiment, which must exist)."""
+    if experiment_name is None:
+        runs = all_runs()
+    else:
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
     return runs[0]
 

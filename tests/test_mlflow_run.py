@@ -6,22 +6,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import mlflow_run, write_config
+from helpers import mlflow_run, only_run, write_config
+from mlflow import MlflowClient
 
 from llem_mlflow.config.loader import load_config
 from llem_mlflow.config.params import config_from_params, config_to_params
 
 pytestmark = pytest.mark.slow
-
-
-def _only_run(experiment_name: str):
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
 
 
 def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
@@ -30,7 +21,8 @@ def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
         project_copy, "-P", f"config={cfg_path}", "--experiment-name", "quick", "--run-name", "first"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    client, run = _only_run("quick")
+    run = only_run("quick")
+    client = MlflowClient()
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "first"
 
@@ -73,7 +65,7 @@ def test_bad_config_under_mlflow_run_fails_the_run_cleanly(mlflow_store, project
     assert result.returncode != 0
     assert 'did you mean "pytorch.batch_size"' in result.stderr
     assert "Traceback" not in result.stderr.split("mlflow.exceptions")[0]
-    client, run = _only_run("bad")
+    run = only_run("bad")
     assert run.info.status == "FAILED"
     assert "pytorch.batchsize" in run.data.tags["llem.error"]
 
@@ -85,7 +77,7 @@ def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "run_id: " in result.stdout
-    client, run = _only_run("direct")
+    run = only_run("direct")
     assert run.info.status == "FINISHED" and run.info.run_name == "r1"
     assert run.data.params["dataset.n"] == "6"
     assert run.data.metrics["tokens/output_total"] == 6 * 8

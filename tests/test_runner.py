@@ -5,24 +5,17 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from helpers import write_config
+from helpers import only_run, write_config
+from mlflow import MlflowClient
 
 from llem_mlflow.launch import launch
-
-
-def _run(client_experiment: str):
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(client_experiment)
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
 
 
 def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path):
     cfg = write_config(tmp_path / "exp.yaml", n_trials=3, energy={"codecarbon": True})
     assert launch(str(cfg), experiment_name="trials", quiet=True) == 0
-    client, run = _run("trials")
+    run = only_run("trials")
+    client = MlflowClient()
     m = run.data.metrics
     for name in ("throughput/output_tokens_per_s", "latency/ttft_ms_p50", "energy/j_per_output_token"):
         history = client.get_metric_history(run.info.run_id, f"trial/{name}")
@@ -46,7 +39,7 @@ def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path
 def test_beam_search_has_no_ttft_and_says_why(mlflow_store, tmp_path):
     cfg = write_config(tmp_path / "exp.yaml", pytorch={"batch_size": 2, "num_beams": 2})
     assert launch(str(cfg), experiment_name="beams", quiet=True) == 0
-    _, run = _run("beams")
+    run = only_run("beams")
     assert "latency/ttft_ms_p50" not in run.data.metrics
     assert "latency/itl_ms_p50" not in run.data.metrics
     assert run.data.metrics["latency/e2e_ms_p50"] > 0
@@ -56,7 +49,7 @@ def test_beam_search_has_no_ttft_and_says_why(mlflow_store, tmp_path):
 def test_secrets_in_passthrough_never_reach_params(mlflow_store, tmp_path):
     cfg = write_config(tmp_path / "exp.yaml", passthrough_kwargs={"low_cpu_mem_usage": True}, tags={"team": "a", "api_key": "s3cr3t"})
     assert launch(str(cfg), experiment_name="secrets", quiet=True) == 0
-    _, run = _run("secrets")
+    run = only_run("secrets")
     assert "s3cr3t" not in str(run.data.params) and "s3cr3t" not in str(run.data.tags)
     assert run.data.tags["team"] == "a"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llem_mlflow.bench.device import synchronize
-from llem_mlflow.bench.stats import flops_per_output_token  # noqa: F401  (re-exported for the runner)
+from llem_mlflow.bench.loading import json_safe
 
 # Generation fields passed only when sampling: greedy decoding ignores them (and transformers warns).
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p")
@@ -121,7 +121,7 @@ class Generator:
         except (AttributeError, TypeError):  # private API changed: same merge, done by hand
             config = copy.deepcopy(model.generation_config)
             config.update(**self.generate_kwargs)
-        return _json_safe(config.to_dict())
+        return json_safe(config.to_dict())
 
     def batches(self, prompts) -> list[Batch]:
         """Tokenized batches in prompt order: truncated to max_input_tokens, left-padded."""
@@ -211,14 +211,3 @@ class Generator:
             return frozenset()
         return frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
 
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "to_dict"):
-        return _json_safe(value.to_dict())
-    return str(value)

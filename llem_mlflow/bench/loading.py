@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,7 +30,6 @@ class LoadedModel:
     resolved: dict[str, Any]  # JSON-safe: what we passed and what we got
     n_params: int
     n_non_embedding_params: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(cfg, model_path: str | None = None) -> LoadedModel:
@@ -43,7 +42,7 @@ def load_model(cfg, model_path: str | None = None) -> LoadedModel:
     if origin == "hub" and _hub_unreachable():
         kwargs["local_files_only"] = True  # fail at once from the cache instead of retrying for ~30 s
 
-    passed = _json_safe(kwargs)  # before loading: transformers edits some values in place (max_memory)
+    passed = json_safe(kwargs)  # before loading: transformers edits some values in place (max_memory)
     tokenizer = _load_tokenizer(cfg, source, kwargs)
     model = _load_weights(cfg, source, kwargs)
     if kwargs.get("device_map") is None and "quantization_config" not in kwargs:
@@ -239,13 +238,14 @@ def _placement(model) -> tuple[str, list[int]]:
     return str(device), sorted(gpus)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy for resolved.json: configs with to_dict() expanded, dtypes as 'bfloat16', the rest as text."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_safe(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if hasattr(value, "to_dict"):  # BitsAndBytesConfig and other quantization configs
-        return _json_safe(value.to_dict())
+    if hasattr(value, "to_dict"):  # BitsAndBytesConfig, GenerationConfig and other configs
+        return json_safe(value.to_dict())
     return str(value).removeprefix("torch.")

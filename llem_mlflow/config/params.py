@@ -19,11 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llem_mlflow.config.base import NONE_TEXT
 from llem_mlflow.config.loader import _section_model, validate_config
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.errors import ConfigError
 
-NONE_PARAM = "None"
+NONE_PARAM = NONE_TEXT
 # Params that `mlflow run` logs from MLproject's entry points, not config fields.
 MLPROJECT_PARAMS = frozenset({"config", "overrides"})
 # MLflow's limits on one param.
@@ -64,17 +65,15 @@ def _flatten(model: BaseModel, prefix: str, out: dict[str, str]) -> None:
         if isinstance(value, BaseModel):
             _flatten(value, key + ".", out)
         else:
-            out[key] = encode_value(key, value)
+            out[key] = encode_value(value)
 
 
-def encode_value(key: str, value: Any) -> str:
+def encode_value(value: Any) -> str:
     if value is None:
         return NONE_PARAM
     if isinstance(value, dict):
         return json.dumps(_string_keys(value), sort_keys=True, separators=(",", ":"), default=str)
-    if isinstance(value, str) and value == NONE_PARAM:
-        raise ConfigError(f"{key}: the string 'None' is reserved for unset fields in MLflow params; leave the field out instead")
-    return str(value)
+    return str(value)  # the text "None" never gets here: ConfigSection refuses it as a value
 
 
 def _string_keys(value: Any) -> Any:

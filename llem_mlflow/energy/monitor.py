@@ -39,19 +39,17 @@ from llem_mlflow.energy.nvml import (
     running_pids,
     samples_in,
 )
-from llem_mlflow.energy.readings import PhaseEnergy
+from llem_mlflow.energy.readings import PhaseEnergy, now_ms
 from llem_mlflow.energy.timeline import metric_histories, plot_power, write_table
 from llem_mlflow.errors import EnergyError
 
 log = logging.getLogger(__name__)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class EnergyMonitor:
-    def __init__(self, cfg: Any, synchronize: Callable[[], None], nvml: Any = None):
+    def __init__(self, cfg: Any, synchronize: Callable[[], None], nvml: Any = None, workdir: Path | None = None):
+        """`workdir` holds CodeCarbon's CSV until write_artifacts copies it (the caller removes it;
+        without one, a temporary folder is made and left to the system)."""
         self.cfg = cfg
         self._readings: dict[str, PhaseEnergy] = {}
         self._phases: dict[str, tuple[int, int]] = {}  # phase -> (start_ms, end_ms), for the plot
@@ -62,7 +60,6 @@ class EnergyMonitor:
         self._baseline: Baseline | None = None
         self._baseline_note = "skipped: measure_baseline() was not called"
         self._closed = False
-        self._workdir = Path(tempfile.mkdtemp(prefix="llem-energy-"))
 
         self._nvml, self._devices, self._sampler, self._gpu = None, [], None, None
         self._driver = "unknown"
@@ -82,7 +79,8 @@ class EnergyMonitor:
                 self.close()
                 raise EnergyError(problem)
             gpu_ids = [d.target.nvml_index for d in self._devices] or None
-            self._codecarbon = CodeCarbonSource(cfg.energy.country_iso_code, self._workdir / "codecarbon", gpu_ids)
+            workdir = workdir or Path(tempfile.mkdtemp(prefix="llem-energy-"))
+            self._codecarbon = CodeCarbonSource(cfg.energy.country_iso_code, workdir / "codecarbon", gpu_ids)
             self.codecarbon_reason = None
 
     # --- setup -----------------------------------------------------------------
@@ -118,14 +116,14 @@ class EnergyMonitor:
         if self._gpu is None:
             self._baseline_note = f"skipped: no GPU measured ({self.gpu_reason})"
             return False
-        start_ms, start_s = _now_ms(), time.monotonic()
+        start_ms, start_s = now_ms(), time.monotonic()
         self._sampler.start()
         try:
             self._baseline = measure_idle_power(self._gpu, self.cfg.baseline.duration_s)
             self._baseline_note = f"measured: {self._baseline.duration_s:.1f} s idle, {self._baseline.method}"
         except NvmlError as exc:
             self._baseline_note = f"failed: {exc}"
-        self._phases["baseline"] = (start_ms, _now_ms())
+        self._phases["baseline"] = (start_ms, now_ms())
         self._windows_s["baseline"] = (start_s, time.monotonic())
         return True
 
@@ -163,7 +161,7 @@ class EnergyMonitor:
                 self._gpu.begin()
             except NvmlError as exc:  # e.g. the synchronize or a counter read failed
                 gpu_error = str(exc)
-        self._open = (phase, _now_ms(), start_s)
+        self._open = (phase, now_ms(), start_s)
         self._gpu_begin_error = gpu_error
 
     def end(self, phase: str) -> PhaseEnergy:
@@ -182,7 +180,7 @@ class EnergyMonitor:
             except NvmlError as exc:
                 reading.gpu_reason = str(exc)
         reading.duration_s = reading.gpu.duration_s if reading.gpu else time.monotonic() - start_s
-        reading.end_ms = _now_ms()
+        reading.end_ms = now_ms()
         if self._codecarbon is None:
             reading.host_reason = self.codecarbon_reason
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from llem_mlflow.energy.devices import GpuTarget
-from llem_mlflow.energy.readings import GpuReading, GpuSample
+from llem_mlflow.energy.readings import GpuReading, GpuSample, now_ms
 from llem_mlflow.errors import EnergyError
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class PowerSampler:
 
     def sample_now(self) -> float:
         """One tick for every GPU, stamped with one time (so ticks sum over GPUs); returns that time."""
-        monotonic_s, timestamp_ms = time.monotonic(), time.time_ns() // 1_000_000
+        monotonic_s, timestamp_ms = time.monotonic(), now_ms()
         tick = [self._sample(device, monotonic_s, timestamp_ms) for device in self._devices]
         with self._lock:
             self._samples.extend(tick)

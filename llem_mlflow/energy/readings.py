@@ -7,10 +7,16 @@ is None and the reading's `reason` says why; it is never a made-up 0.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 R = TypeVar("R", covariant=True)
+
+
+def now_ms() -> int:
+    """Wall-clock ms since the epoch: the timestamps of samples and phase edges (what MLflow metric history wants)."""
+    return time.time_ns() // 1_000_000
 
 
 class EnergySource(Protocol[R]):

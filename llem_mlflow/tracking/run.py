@@ -21,8 +21,6 @@ MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_TAG_VALUE = 8000
 
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
 # The experiment tag the MLflow 3 UI reads to choose between its GenAI and model-training views.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
@@ -38,10 +36,9 @@ AUTH_HINTS = {
 class RunLogger:
     """Batched logging to one MLflow run."""
 
-    def __init__(self, client: Any, run_id: str, created_here: bool):
+    def __init__(self, client: Any, run_id: str):
         self.client = client
         self.run_id = run_id
-        self.created_here = created_here
         self.ended = False
 
     @classmethod
@@ -62,15 +59,20 @@ class RunLogger:
             if active:
                 run = client.get_run(active)  # fails clearly if it does not exist
                 mark_experiment_kind(client, run.info.experiment_id)
-                logger = cls(client, active, created_here=False)
+                logger = cls(client, active)
                 # `mlflow run` created the run without run-context plugins: add our hardware tags.
-                from llem_mlflow.tracking.context_provider import HardwareContextProvider
+                from llem_mlflow.tracking.context_provider import (
+                    HardwareContextProvider,
+                )
 
                 logger.set_tags(HardwareContextProvider().tags())
                 return logger
             experiment_id = experiment_id or _experiment_id(client, experiment_name)
             from mlflow.tracking.context.registry import resolve_tags
-            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME
+            from mlflow.utils.mlflow_tags import (
+                MLFLOW_PARENT_RUN_ID,
+                MLFLOW_SOURCE_NAME,
+            )
 
             mark_experiment_kind(client, experiment_id)
             ours = {MLFLOW_SOURCE_NAME: "llem-mlflow run"}  # not the path of __main__.py
@@ -78,7 +80,7 @@ class RunLogger:
                 ours[MLFLOW_PARENT_RUN_ID] = parent_run_id
             tags = resolve_tags(ours)
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-            return cls(client, run.info.run_id, created_here=True)
+            return cls(client, run.info.run_id)
         except MlflowException as exc:
             hint = AUTH_HINTS.get(exc.get_http_status_code(), "")
             raise TrackingError(f"MLflow refused to start the run ({_where()}): {_first_line(exc)}{hint}") from None
@@ -131,7 +133,7 @@ class RunLogger:
             self.log_artifact(path, directory or None)
 
     def end(self, status: str) -> None:
-        """Mark the run terminated. Idempotent; the status is one of TERMINAL_STATUSES."""
+        """Mark the run terminated (FINISHED, FAILED or KILLED). Idempotent."""
         if self.ended:
             return
         self.client.set_terminated(self.run_id, status)
