@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,18 @@ def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template-store") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory, _migrated_store: Path) -> Iterator[str]:
+    """One sqlite store shared by a module's tests (they use their own names); cwd is its folder."""
+    directory = tmp_path_factory.mktemp("module-store")
+    shutil.copy(_migrated_store, directory / "mlflow.db")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(directory)
+        yield uri
 
 
 @pytest.fixture

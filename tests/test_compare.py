@@ -17,21 +17,11 @@ from llem_mlflow.tracking import compare as cmp
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("compare-store")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(directory)
-        yield uri
-
-
 @pytest.fixture
-def client(store):
+def client(module_store):
     from mlflow import MlflowClient
 
-    return MlflowClient(store)
+    return MlflowClient(module_store)
 
 
 @pytest.fixture

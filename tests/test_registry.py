@@ -22,22 +22,11 @@ H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-40GB"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store for the module (creating one takes seconds); tests use their own names."""
-    directory = tmp_path_factory.mktemp("registry-store")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)  # the registry store looks LoggedModels up through it
-        mp.chdir(directory)
-        yield uri
-
-
 @pytest.fixture
-def client(store):
+def client(module_store):
     from mlflow import MlflowClient
 
-    return MlflowClient(store)
+    return MlflowClient(module_store)
 
 
 @pytest.fixture

@@ -173,3 +173,20 @@ def test_basic_auth_server_needs_credentials(tmp_path, monkeypatch, capsys):
         # The password itself went nowhere in the run.
         assert password not in str(runs[0].data.params) + str(runs[0].data.tags)
         assert password not in artifact_text(runs[0].info.run_id, "config/resolved.json", uri)
+
+
+def test_losing_the_race_to_mark_the_experiment_kind_does_not_fail_the_run(mlflow_store, monkeypatch):
+    """Four runs starting in one new experiment each try to set the UI's experiment-kind tag; on a
+    server the losers get a UNIQUE-constraint error. The run must start regardless."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from llem_mlflow.tracking.run import RunLogger
+
+    def lose_the_race(self, experiment_id, key, value):
+        raise MlflowException("UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lose_the_race)
+    logger = RunLogger.start(experiment_name="raced")
+    logger.end("FINISHED")
+    assert MlflowClient().get_run(logger.run_id).info.status == "FINISHED"

@@ -111,11 +111,11 @@ def test_under_mlflow_run_the_new_parent_adopts_finished_children(client, study,
 
 def test_a_child_that_died_without_a_run_gets_a_failed_one(client, study):
     from llem_mlflow.config.params import config_to_params
-    from llem_mlflow.sweep.execute import open_parent, record_outcome
+    from llem_mlflow.sweep.execute import StudyRun, open_parent, record_outcome
 
     parent, exp = open_parent(client, study, None, None, echo=lambda s: None)
     point = study.points[1]
-    out = record_outcome(client, study, point, 1, parent, exp, None, -9, ["loading model", "Killed"])
+    out = record_outcome(StudyRun(client, study, parent, exp), point, 1, None, -9, ["loading model", "Killed"])
     run = client.get_run(out.run_id)
     assert out.status == run.info.status == "FAILED"
     assert run.data.tags["mlflow.parentRunId"] == parent
@@ -125,11 +125,12 @@ def test_a_child_that_died_without_a_run_gets_a_failed_one(client, study):
 
 
 def test_a_child_left_running_is_marked_failed_with_its_error(client, study):
-    from llem_mlflow.sweep.execute import open_parent, record_outcome
+    from llem_mlflow.sweep.execute import StudyRun, open_parent, record_outcome
 
     parent, exp = open_parent(client, study, None, None, echo=lambda s: None)
     child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
-    out = record_outcome(client, study, study.points[0], 1, parent, exp, child, 1, ["x", "Error: CUDA out of memory"])
+    sweep = StudyRun(client, study, parent, exp)
+    out = record_outcome(sweep, study.points[0], 1, child, 1, ["x", "Error: CUDA out of memory"])
     assert out.status == client.get_run(child).info.status == "FAILED"
     assert client.get_run(child).data.tags["llem.sweep.failure_reason"] == "CUDA out of memory"
 

@@ -10,6 +10,7 @@ could is marked FAILED here.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,8 @@ from typing import Any
 from llem_mlflow.sweep.resume import (
     CONFIG_HASH_TAG,
     PARENT_TAG,
+    POINT_TAG,
+    REPEAT_TAG,
     ROLE_TAG,
     STUDY_HASH_TAG,
     adopt_children,
@@ -30,10 +33,9 @@ from llem_mlflow.sweep.resume import (
     finished_counts,
 )
 from llem_mlflow.sweep.study import Point, Study
+from llem_mlflow.tracking.run import RunLogger
 
 RUN_ID_LINE = re.compile(r"run_id:\s*([0-9a-f]{32})\b")
-POINT_TAG = "llem.sweep.point"
-REPEAT_TAG = "llem.sweep.repeat"
 FAILURE_TAG = "llem.sweep.failure_reason"
 EXIT_CODE_TAG = "llem.sweep.exit_code"
 # Environment a child must not inherit: under `mlflow run` MLFLOW_RUN_ID names the parent,
@@ -48,6 +50,19 @@ class PointRun:
     run_id: str
     status: str  # FINISHED, FAILED or KILLED
     reason: str | None
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Where the children of one study go: the store, the study, its parent run and experiment."""
+
+    client: Any
+    study: Study
+    parent_id: str
+    experiment_id: str
+
+    def run_name(self, point: Point, repeat: int) -> str:
+        return point.name if self.study.repeats == 1 else f"{point.name} #{repeat}"
 
 
 @dataclass(frozen=True)
@@ -77,13 +92,14 @@ def run_study(
     skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
     echo(f"parent run {parent_id} (experiment {experiment_id}): {len(todo)} run(s) to go, {skipped_done} already finished")
 
+    sweep = StudyRun(client, study, parent_id, experiment_id)
     runs: list[PointRun] = []
     with tempfile.TemporaryDirectory(prefix="llem-sweep-") as workdir:
         try:
             for i, (point, repeat) in enumerate(todo, start=1):
-                label = point.name if study.repeats == 1 else f"{point.name} #{repeat}"
+                label = sweep.run_name(point, repeat)
                 echo(f"[{i}/{len(todo)}] {label}")
-                result = run_point(client, study, point, repeat, parent_id, experiment_id, Path(workdir), echo, quiet)
+                result = run_point(sweep, point, repeat, Path(workdir), echo, quiet)
                 runs.append(result)
                 echo(f"[{i}/{len(todo)}] {label}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
         except KeyboardInterrupt:
@@ -148,10 +164,6 @@ def resolve_experiment(client: Any, name: str | None, experiment_id: str | None)
 
 def log_study(client: Any, study: Study, parent_id: str) -> None:
     """Tags and params that describe the study on its parent run (params only once: they cannot change)."""
-    import json
-
-    from mlflow.entities import Param, RunTag
-
     tags = {
         STUDY_HASH_TAG: study.study_hash,
         ROLE_TAG: "parent",
@@ -161,13 +173,14 @@ def log_study(client: Any, study: Study, parent_id: str) -> None:
         "llem.sweep.n_points": str(len(study.points)),
         "llem.sweep.n_skipped": str(len(study.skipped)),
     }
+    for skip in study.skipped:
+        tags[f"llem.sweep.skipped.{_tag_safe(skip.name)}"] = skip.reason[:5000]
     existing = client.get_run(parent_id).data.params
     params = {f"sweep.{key}": json.dumps(values) for key, values in study.swept.items()}
     params["sweep.n_points"] = str(len(study.points))
-    new_params = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
-    client.log_batch(parent_id, params=new_params, tags=[RunTag(k, v) for k, v in tags.items()])
-    for skip in study.skipped:
-        client.set_tag(parent_id, f"llem.sweep.skipped.{_tag_safe(skip.name)}", skip.reason[:5000])
+    parent = RunLogger(client, parent_id)
+    parent.log_params({k: v[:6000] for k, v in params.items() if k not in existing})
+    parent.set_tags(tags)
     client.log_dict(parent_id, plan_dict(study), "sweep/plan.json")
 
 
@@ -184,15 +197,7 @@ def plan_dict(study: Study) -> dict[str, Any]:
 
 
 def run_point(
-    client: Any,
-    study: Study,
-    point: Point,
-    repeat: int,
-    parent_id: str,
-    experiment_id: str,
-    workdir: Path,
-    echo: Callable[[str], None],
-    quiet: bool = False,
+    sweep: StudyRun, point: Point, repeat: int, workdir: Path, echo: Callable[[str], None], quiet: bool = False
 ) -> PointRun:
     """One child run in a fresh process; its outcome read back from MLflow."""
     from llem_mlflow.config.params import config_to_yaml
@@ -201,9 +206,9 @@ def run_point(
     config_path.write_text(config_to_yaml(point.config), encoding="utf-8")
     command = [
         sys.executable, "-m", "llem_mlflow", "run", str(config_path),
-        "--parent-run-id", parent_id,
-        "--experiment-id", experiment_id,
-        "--run-name", point.name if study.repeats == 1 else f"{point.name} #{repeat}",
+        "--parent-run-id", sweep.parent_id,
+        "--experiment-id", sweep.experiment_id,
+        "--run-name", sweep.run_name(point, repeat),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in PARENT_ONLY_ENV}
     tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -222,37 +227,29 @@ def run_point(
     except KeyboardInterrupt:
         _stop(process)  # the child saw the same Ctrl-C; give it time to end its run KILLED
         raise
-    return record_outcome(client, study, point, repeat, parent_id, experiment_id, run_id, exit_code, list(tail))
+    return record_outcome(sweep, point, repeat, run_id, exit_code, list(tail))
 
 
 def record_outcome(
-    client: Any,
-    study: Study,
-    point: Point,
-    repeat: int,
-    parent_id: str,
-    experiment_id: str,
-    run_id: str | None,
-    exit_code: int,
-    tail: list[str],
+    sweep: StudyRun, point: Point, repeat: int, run_id: str | None, exit_code: int, tail: list[str]
 ) -> PointRun:
     """Read the child's status; mark it FAILED (creating the run if it never existed) when the child could not."""
+    client = sweep.client
     reason = None if exit_code == 0 else failure_reason(exit_code, tail)
     status = client.get_run(run_id).info.status if run_id else None
     if exit_code == 0 and status != "FINISHED":
         reason = f"the run command exited 0 but its run is {status or 'missing (no run_id line)'}"
     if run_id is None:
-        run_id = create_failed_child(client, point, repeat, parent_id, experiment_id, reason or "no run")
+        run_id = create_failed_child(sweep, point, repeat)
         status = "FAILED"
     elif status in ("RUNNING", "SCHEDULED") or (reason and status == "FINISHED"):
         client.set_terminated(run_id, status="FAILED")
         status = "FAILED"
-    tags = {STUDY_HASH_TAG: study.study_hash, POINT_TAG: point.name, REPEAT_TAG: str(repeat), ROLE_TAG: "child"}
+    tags = {STUDY_HASH_TAG: sweep.study.study_hash, POINT_TAG: point.name, REPEAT_TAG: str(repeat), ROLE_TAG: "child"}
     if reason:
         tags[FAILURE_TAG] = reason[:5000]
         tags[EXIT_CODE_TAG] = str(exit_code)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    RunLogger(client, run_id).set_tags(tags)
     return PointRun(point, repeat, run_id, status, reason)
 
 
@@ -265,22 +262,22 @@ def failure_reason(exit_code: int, tail: list[str]) -> str:
     return f"exit code {exit_code}" + (f": {last}" if last else " with no output")
 
 
-def create_failed_child(client: Any, point: Point, repeat: int, parent_id: str, experiment_id: str, reason: str) -> str:
-    """A FAILED child for a process that died before creating its run, so the UI shows the point."""
-    from mlflow.entities import Param, RunTag
+def create_failed_child(sweep: StudyRun, point: Point, repeat: int) -> str:
+    """A FAILED child for a process that died before creating its run, so the UI shows the point.
 
+    record_outcome tags it with the failure reason (a run that never existed always has one).
+    """
     from llem_mlflow.config.params import config_to_params
 
-    run = client.create_run(
-        experiment_id,
-        run_name=point.name,
-        tags={PARENT_TAG: parent_id, CONFIG_HASH_TAG: point.config_hash},
+    run = sweep.client.create_run(
+        sweep.experiment_id,
+        run_name=sweep.run_name(point, repeat),
+        tags={PARENT_TAG: sweep.parent_id, CONFIG_HASH_TAG: point.config_hash},
     )
-    params = [Param(k, v) for k, v in config_to_params(point.config).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start : start + 100], tags=[RunTag(FAILURE_TAG, reason[:5000])])
-    client.set_terminated(run.info.run_id, status="FAILED")
-    return run.info.run_id
+    child = RunLogger(sweep.client, run.info.run_id)
+    child.log_params(config_to_params(point.config))
+    child.end("FAILED")
+    return child.run_id
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from llem_mlflow.tracking.registry import search_all
+from llem_mlflow.tracking.version_tags import TAG_CONFIG_HASH
+
 STUDY_HASH_TAG = "llem.sweep.study_hash"
 ROLE_TAG = "llem.sweep.role"
-CONFIG_HASH_TAG = "llem.config_hash"
+POINT_TAG = "llem.sweep.point"
+REPEAT_TAG = "llem.sweep.repeat"
+CONFIG_HASH_TAG = TAG_CONFIG_HASH
 PARENT_TAG = "mlflow.parentRunId"
 RESUMED_IN_TAG = "llem.sweep.resumed_in"
 
@@ -62,13 +67,6 @@ def adopt_children(client: Any, experiment_id: str, old_parent_id: str, new_pare
 def _search(client: Any, experiment_id: str, query: str, order_by: list[str]) -> list[Any]:
     from mlflow.entities import ViewType
 
-    out: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, order_by=order_by, page_token=token
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    return search_all(
+        client.search_runs, [experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, order_by=order_by
+    )

@@ -113,7 +113,7 @@ def build_study(data: dict[str, Any], source: str, base_dir: Path = Path(".")) -
     for label, overrides in candidates:
         label = label[:MAX_NAME_LENGTH]
         try:
-            cfg = validate_config(apply_point(base, overrides, label), source=f"point {label}")
+            cfg = validate_config(apply_point(base, overrides), source=f"point {label}")
         except ConfigError as exc:
             skipped.append(SkippedPoint(label, overrides, _one_line(str(exc), f"point {label}: ")))
             continue
@@ -163,7 +163,7 @@ def grid_point_name(combo: dict[str, Any], swept: dict[str, list[Any]]) -> str:
     return ",".join(parts)
 
 
-def apply_point(base: dict[str, Any], overrides: dict[str, Any], label: str) -> dict[str, Any]:
+def apply_point(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of the base with the point's overrides applied (dotted keys or nested sections)."""
     data = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -201,17 +201,16 @@ def schedule(
     shuffled: interleaved rounds, each in a seeded random order.
     Repeats already finished (`done`, by config hash) are left out.
     """
-    rounds = []
-    rng = random.Random(seed)
-    for repeat in range(1, repeats + 1):
-        order = list(points)
-        if cycle_order == "shuffled":
-            rng.shuffle(order)
-        rounds.append([(p, repeat) for p in order])
     if cycle_order == "sequential":
         pairs = [(p, r) for p in points for r in range(1, repeats + 1)]
     else:
-        pairs = [pair for rnd in rounds for pair in rnd]
+        pairs = []
+        rng = random.Random(seed)
+        for repeat in range(1, repeats + 1):
+            order = list(points)
+            if cycle_order == "shuffled":
+                rng.shuffle(order)
+            pairs += [(p, repeat) for p in order]
     remaining = dict(done)
     out = []
     for point, repeat in pairs:

@@ -14,19 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.sweep.resume import CONFIG_HASH_TAG, children
+from llem_mlflow.sweep.resume import CONFIG_HASH_TAG, POINT_TAG, REPEAT_TAG, children
 from llem_mlflow.sweep.study import Study
+from llem_mlflow.tracking.compare import (
+    ENERGY_METRIC,
+    THROUGHPUT_METRIC,
+    ComparedRun,
+    Comparison,
+    plot_pareto,
+)
+from llem_mlflow.tracking.run import RunLogger
+from llem_mlflow.tracking.version_tags import metric_direction
 
-# Headline metric -> which direction is better.
+# Headline metric -> which direction is better (from the metric's group, as tag-best decides it).
 HEADLINE_METRICS = {
-    "energy/j_per_output_token": "min",
-    "throughput/output_tokens_per_s": "max",
-    "latency/ttft_ms_p50": "min",
-    "emissions/kg_co2eq": "min",
+    m: metric_direction(m)
+    for m in (ENERGY_METRIC, THROUGHPUT_METRIC, "latency/ttft_ms_p50", "emissions/kg_co2eq")
 }
-PLOT_X = "throughput/output_tokens_per_s"
-PLOT_Y = "energy/j_per_output_token"
-REPEAT_TAG = "llem.sweep.repeat"
 
 
 def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -36,18 +40,19 @@ def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, ech
     client.log_text(parent_id, rows_to_csv(rows), "sweep/summary.csv")
     finished = [r for r in rows if r["status"] == "FINISHED"]
     best = best_points(point_means(finished))
-    for metric, (point, value) in best.items():
-        client.log_metric(parent_id, f"best/{metric}", value)
-        client.set_tag(parent_id, f"llem.sweep.best.{metric}", point)
+    parent = RunLogger(client, parent_id)
+    parent.log_metrics({f"best/{metric}": value for metric, (_, value) in best.items()})
+    tags = {f"llem.sweep.best.{metric}": point for metric, (point, _) in best.items()}
     missing = [m for m in HEADLINE_METRICS if m not in best]
     if missing:
-        client.set_tag(parent_id, "llem.sweep.best_missing", f"no finished run logged {', '.join(missing)}")
+        tags["llem.sweep.best_missing"] = f"no finished run logged {', '.join(missing)}"
     with tempfile.TemporaryDirectory(prefix="llem-sweep-plot-") as tmp:
         plot = comparison_plot(finished, Path(tmp) / "comparison.png")
         if plot is None:
-            client.set_tag(parent_id, "llem.sweep.plot_skipped", f"no finished run logged both {PLOT_X} and {PLOT_Y}")
+            tags["llem.sweep.plot_skipped"] = f"no finished run logged both {THROUGHPUT_METRIC} and {ENERGY_METRIC}"
         else:
-            client.log_artifact(parent_id, str(plot), "sweep")
+            parent.log_artifact(plot, "sweep")
+    parent.set_tags(tags)
     for metric, (point, value) in best.items():
         echo(f"best {metric}: {point} ({value:.6g})")
     return rows
@@ -61,7 +66,7 @@ def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
         tags = run.data.tags
         point = by_hash.get(tags.get(CONFIG_HASH_TAG, ""))
         row: dict[str, Any] = {
-            "point": point.name if point else tags.get("llem.sweep.point", ""),
+            "point": point.name if point else tags.get(POINT_TAG, ""),
             "repeat": tags.get(REPEAT_TAG, ""),
             "status": run.info.status,
             "run_id": run.info.run_id,
@@ -108,26 +113,13 @@ def best_points(means: dict[str, dict[str, float]]) -> dict[str, tuple[str, floa
 
 
 def comparison_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Energy per output token against throughput, one labelled marker per run; None without data."""
-    points = [(r[PLOT_X], r[PLOT_Y], r["point"]) for r in rows if PLOT_X in r and PLOT_Y in r]
-    if not points:
+    """Energy per output token against throughput, one labelled marker per run, Pareto front marked
+    (compare's plot); None without data."""
+    plotted = [
+        ComparedRun(r["run_id"], r["point"], {}, {m: r[m] for m in (THROUGHPUT_METRIC, ENERGY_METRIC)})
+        for r in rows
+        if THROUGHPUT_METRIC in r and ENERGY_METRIC in r
+    ]
+    if not plotted:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    try:
-        ax.scatter([p[0] for p in points], [p[1] for p in points])
-        for x, y, label in points:
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("throughput (output tokens / s)")
-        ax.set_ylabel("energy per output token (J)")
-        ax.set_title("Sweep: energy vs throughput (lower right is better)")
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return plot_pareto(Comparison(plotted, [], [ENERGY_METRIC, THROUGHPUT_METRIC]), path)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.tracking import version_tags as vt
+from llem_mlflow.tracking.registry import quote, search_all, set_alias
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -95,8 +96,6 @@ def tag_best(
 ) -> Ranking:
     """Move `alias` to the best version (see rank_versions) and return the ranking."""
     ranking = rank_versions(client, name, metric, device_name, device_count, direction)
-    from llem_mlflow.tracking.registry import set_alias
-
     set_alias(client, name, alias, ranking.best.version)
     return Ranking(ranking.name, metric, ranking.direction, ranking.entries, ranking.not_measured, alias)
 
@@ -108,15 +107,7 @@ def _hardware_results(client: MlflowClient, name: str) -> list[tuple[str, vt.Har
         client.get_registered_model(name)
     except MlflowException:
         raise TrackingError(f"no registered model named {name!r} at {client._registry_uri}") from None
-    quoted = name.replace("'", "\\'")
-    versions = []
-    page_token = None
-    while True:
-        page = client.search_model_versions(f"name = '{quoted}'", page_token=page_token)
-        versions.extend(page)
-        page_token = page.token
-        if not page_token:
-            break
+    versions = search_all(client.search_model_versions, f"name = '{quote(name)}'")
     return [
         (str(v.version), result)
         for v in versions

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.tracking import version_tags as vt
+from llem_mlflow.tracking.registry import get_run, search_all
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -71,7 +72,7 @@ def load_comparison(
     """The runs given by id, or every llem run (tag llem.config_hash) of the named experiment."""
     if bool(run_ids) == bool(experiment):
         raise TrackingError("compare needs either --experiment NAME or one or more RUN_IDs (not both)")
-    runs = _runs_of_experiment(client, experiment) if experiment else [_get_run(client, r) for r in run_ids]
+    runs = _runs_of_experiment(client, experiment) if experiment else [get_run(client, r) for r in run_ids]
     compared = [
         ComparedRun(
             run_id=r.info.run_id,
@@ -89,28 +90,16 @@ def _runs_of_experiment(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise TrackingError(f"no experiment named {name!r} at {client.tracking_uri}; check the name or MLFLOW_TRACKING_URI")
-    runs = []
-    page_token = None
-    while True:
-        page = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{vt.TAG_CONFIG_HASH}` != ''",
-            order_by=["attributes.start_time ASC"],
-            page_token=page_token,
-        )
-        runs.extend(r for r in page if r.data.tags.get(TAG_SUMMARY) != "true")
-        page_token = page.token
-        if not page_token:
-            break
+    found = search_all(
+        client.search_runs,
+        [experiment.experiment_id],
+        filter_string=f"tags.`{vt.TAG_CONFIG_HASH}` != ''",
+        order_by=["attributes.start_time ASC"],
+    )
+    runs = [r for r in found if r.data.tags.get(TAG_SUMMARY) != "true"]
     if not runs:
         raise TrackingError(f"experiment {name!r} holds no llem-mlflow runs (runs tagged {vt.TAG_CONFIG_HASH})")
     return runs
-
-
-def _get_run(client: MlflowClient, run_id: str):
-    from llem_mlflow.tracking.registry import get_run
-
-    return get_run(client, run_id)
 
 
 def _differing_params(runs: list[ComparedRun]) -> list[str]:

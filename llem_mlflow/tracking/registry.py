@@ -16,12 +16,14 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.errors import ModelLoadError, TrackingError
 from llem_mlflow.tracking import version_tags as vt
+from llem_mlflow.tracking.run import MAX_METRICS_PER_BATCH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -124,18 +126,35 @@ def tag_version_with_results(client: MlflowClient, name: str, version: str | int
 
 def find_version_for_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
     """The version of `name` that `register_run` made from `run_id`, if any."""
-    quoted = name.replace("'", "\\'")
-    found = client.search_model_versions(f"name = '{quoted}' and tags.`{TAG_RUN_ID}` = '{run_id}'")
+    found = client.search_model_versions(f"name = '{quote(name)}' and tags.`{TAG_RUN_ID}` = '{run_id}'")
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
+    """The run, or a TrackingError naming the id and the store."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
         raise TrackingError(f"run {run_id!r} not found at {client.tracking_uri}: {exc.message}") from None
+
+
+def search_all(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """Every result of a paged MlflowClient search (`search_runs`, `search_model_versions`), all pages."""
+    out: list[Any] = []
+    token = None
+    while True:
+        page = search(*args, page_token=token, **kwargs)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def quote(value: str) -> str:
+    """A value for a single-quoted string in an MLflow search filter."""
+    return value.replace("'", "\\'")
 
 
 def _get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
@@ -219,8 +238,8 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str) -> None:
             continue
         last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run.info.run_id))
-    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

@@ -154,9 +154,17 @@ class RunLogger:
 def mark_experiment_kind(client: Any, experiment_id: str) -> None:
     """Tell the MLflow UI that this experiment holds classic runs (params, metrics, charts), so it
     opens on the runs table rather than the GenAI traces view. A kind already set is kept."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment(experiment_id)
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
+    if EXPERIMENT_KIND_TAG in experiment.tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    except MlflowException:
+        # Parallel runs starting in a new experiment race to set it; one wins, which is all we need.
+        # (A store that refuses it for another reason costs only the UI hint, never the run.)
+        pass
 
 
 def _experiment_id(client: Any, name: str | None) -> str:
