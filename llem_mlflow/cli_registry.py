@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from llem_mlflow.metrics_registry import ENERGY_PER_TOKEN
+
 
 @click.command()
 @click.argument("run_id")
@@ -33,7 +35,7 @@ def register(run_id: str, name: str, alias: str | None, tags: tuple[str, ...]) -
 
 @click.command("tag-best")
 @click.argument("name")
-@click.option("--metric", default="energy/j_per_output_token", show_default=True, help="Metric to rank versions by.")
+@click.option("--metric", default=ENERGY_PER_TOKEN, show_default=True, help="Metric to rank versions by.")
 @click.option("--gpu", "device_name", default=None, help='Device name, e.g. "NVIDIA H100 80GB HBM3" (the CPU model for CPU runs).')
 @click.option("--gpu-count", "device_count", type=int, default=None, help="Only results measured on this many devices.")
 @click.option("--alias", default="most-efficient", show_default=True, help="Alias to move to the best version.")

@@ -19,7 +19,6 @@ from typing import Any
 from llem_mlflow.errors import LlemError
 
 EXIT_OK, EXIT_FAULT, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-MAX_ERROR_TAG = 5000
 
 
 class Interrupted(KeyboardInterrupt):
@@ -36,49 +35,57 @@ def launch(
     quiet: bool = False,
 ) -> int:
     from llem_mlflow.config.loader import load_config
-    from llem_mlflow.runner import Experiment
-    from llem_mlflow.tracking.run import RunLogger
+    from llem_mlflow.config.params import config_to_params, config_to_yaml
+    from llem_mlflow.runner import Measurement, redacted_config
+    from llem_mlflow.tracking import reporter as jobs
+    from llem_mlflow.tracking.reporter import MlflowReporter
 
-    logger: RunLogger | None = None
-    experiment: Experiment | None = None
+    reporter: MlflowReporter | None = None
+    measurement: Measurement | None = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        reporter = MlflowReporter()  # MLflow starts in its own process while we read the config
         if os.environ.get("MLFLOW_RUN_ID"):
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
-            logger = RunLogger.start()
+            reporter.open()
         cfg = load_config(config_path, overrides)
         _check_country(cfg)
         model_path, registered_version = _resolve_registered_model(cfg.model)
-        if logger is None:
-            logger = RunLogger.start(experiment_name, experiment_id, run_name, parent_run_id)
-        _say(logger.where(), quiet=False)
-        experiment = Experiment(cfg, logger, quiet=quiet, model_path=model_path)
-        state = experiment.run()
+        if not reporter.opened:  # only now: a config error must create no run
+            reporter.open(experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id)
+        logged = redacted_config(cfg)
+        reporter.call(jobs.log_config, config_to_params(logged), config_to_yaml(logged))
+        reporter.call(jobs.preload_plotting)
+        measurement = Measurement(cfg, quiet=quiet, model_path=model_path, listener=reporter)
+        report = measurement.run()
+        reporter.finish(report)
         if registered_version is not None:
-            _tag_registered_version(logger, registered_version)
+            reporter.call(_tag_registered_version, registered_version)
         if cfg.registry is not None:
-            _register(logger, cfg)
-        logger.end("FINISHED")
-        _say(_headline(state.metrics), quiet)
+            reporter.call(_register, cfg.registry)
+        reporter.end("FINISHED")
+        _say(_headline(report.metrics), quiet)
         return EXIT_OK
     except KeyboardInterrupt:
-        _fail(logger, experiment, "KILLED", "interrupted (Ctrl-C or SIGTERM) - partial results kept")
+        _fail(reporter, measurement, "KILLED", "interrupted (Ctrl-C or SIGTERM) - partial results kept")
         _say("Interrupted: the run is marked KILLED; what was measured so far is logged.", quiet=False, err=True)
         return EXIT_INTERRUPTED
     except LlemError as exc:
         message = str(exc)
-        _fail(logger, experiment, "FAILED", message)
+        _fail(reporter, measurement, "FAILED", message)
         _say(f"Error: {message}", quiet=False, err=True)
         return exc.exit_code
     except Exception as exc:  # a fault mid-run: keep what finished, say what happened
         message = fault_message(exc)
-        _fail(logger, experiment, "FAILED", message, detail=traceback.format_exc())
+        _fail(reporter, measurement, "FAILED", message, detail=traceback.format_exc())
         _say(f"Error: {message}", quiet=False, err=True)
         return EXIT_FAULT
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if experiment is not None:
-            experiment.cleanup()
+        if reporter is not None:
+            reporter.close()
+        if measurement is not None:
+            measurement.cleanup()
 
 
 def fault_message(exc: BaseException) -> str:
@@ -88,24 +95,17 @@ def fault_message(exc: BaseException) -> str:
     return text
 
 
-def _fail(logger: Any, experiment: Any, status: str, message: str, detail: str | None = None) -> None:
-    """Log what is known about the failure and end the run; never raises (the run must not stay RUNNING)."""
-    if logger is None:
+def _fail(reporter: Any, measurement: Any, status: str, message: str, detail: str | None = None) -> None:
+    """Keep what finished, log the error and end the run; never raises (the run must not stay RUNNING)."""
+    if reporter is None:
         return
-    steps = []
-    if experiment is not None:
-        steps.append(lambda: experiment.log_partial(message))
-    steps.append(lambda: logger.set_tags({"llem.error": message[:MAX_ERROR_TAG], "llem.status": status.lower()}))
-    steps.append(lambda: logger.log_text(message + ("\n\n" + detail if detail else "") + "\n", "error.txt"))
-    for step in steps:
+    report = None
+    if measurement is not None:
         try:
-            step()
-        except Exception as exc:  # the tracking store itself may be the thing failing
-            print(f"warning: could not log the failure details: {exc}", file=sys.stderr)
-    try:
-        logger.end(status)
-    except Exception as exc:
-        print(f"warning: could not mark run {logger.run_id} {status}: {exc}", file=sys.stderr)
+            report = measurement.partial(message)
+        except Exception as exc:
+            print(f"warning: could not gather the partial results: {exc}", file=sys.stderr)
+    reporter.fail(report, status, message, detail)
 
 
 def _check_country(cfg: Any) -> None:
@@ -131,27 +131,25 @@ def _resolve_registered_model(model: str) -> tuple[str | None, tuple[str, str] |
 
 
 def _tag_registered_version(logger: Any, version: tuple[str, str]) -> None:
+    """Runs in the reporter's worker process."""
     from llem_mlflow.tracking.registry import tag_version_with_results
 
     tag_version_with_results(logger.client, version[0], version[1], logger.run_id)
-    print(f"tagged: {version[0]} version {version[1]} with this run's results")
+    print(f"tagged: {version[0]} version {version[1]} with this run's results", flush=True)
 
 
-def _register(logger: Any, cfg: Any) -> None:
+def _register(logger: Any, registry: Any) -> None:
+    """Runs in the reporter's worker process."""
     from llem_mlflow.tracking.registry import register_run
 
-    version = register_run(logger.client, logger.run_id, cfg.registry.model_name, cfg.registry.alias, cfg.registry.tags)
-    print(f"registered: {cfg.registry.model_name} version {version.version}")
+    version = register_run(logger.client, logger.run_id, registry.model_name, registry.alias, registry.tags)
+    print(f"registered: {registry.model_name} version {version.version}", flush=True)
 
 
 def _headline(metrics: dict[str, float]) -> str:
-    keys = [
-        ("energy/j_per_output_token", "J/token"),
-        ("throughput/output_tokens_per_s", "tokens/s"),
-        ("latency/ttft_ms_p50", "ms TTFT p50"),
-        ("latency/e2e_ms_p50", "ms end-to-end p50"),
-    ]
-    parts = [f"{metrics[k]:.4g} {unit}" for k, unit in keys if k in metrics]
+    from llem_mlflow.metrics_registry import HEADLINE, describe
+
+    parts = [describe(k, metrics[k]) for k in HEADLINE if k in metrics]
     return "done: " + (", ".join(parts) if parts else "no headline metric measured")
 
 

@@ -109,6 +109,23 @@ def assert_failed_with(run: Any, *needles: str, status: str = "FAILED") -> None:
         assert needle in error_file, (needle, error_file)
 
 
+def before_batch(monkeypatch: Any, call_number: int, action: Any) -> None:
+    """Fault injection from the test: call `action()` just before the `call_number`-th generate() batch
+    of the run (warmup batches count: with one warmup batch, measured batch k is call k + 1)."""
+    from llem_mlflow.bench.generation import Generator
+
+    real_run_batch = Generator.run_batch
+    calls = []
+
+    def run_batch(self: Any, batch: Any) -> Any:
+        calls.append(batch.index)
+        if len(calls) == call_number:
+            action()
+        return real_run_batch(self, batch)
+
+    monkeypatch.setattr(Generator, "run_batch", run_batch)
+
+
 def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
     """`llem-mlflow ARGS` in-process through click's CliRunner (output as a user sees it)."""
     from click.testing import CliRunner

@@ -60,32 +60,21 @@ def test_counter_and_integrated_sampled_power_agree_within_10_percent():
 
 
 def test_j_per_output_token_is_positive_and_plausible():
-    from llem_mlflow.bench.generation import Generator
-    from llem_mlflow.bench.loading import load_model
-    from llem_mlflow.bench.prompts import load_prompts
+    """The real core, measure(), end to end on the GPU (no MLflow needed)."""
+    from llem_mlflow.runner import Measurement
 
-    cfg = gpu_config()
-    monitor = EnergyMonitor(cfg, synchronize)
+    measurement = Measurement(gpu_config(), quiet=True)
     try:
-        monitor.measure_baseline()
-        monitor.begin("load")
-        loaded = load_model(cfg)
-        monitor.end("load")
-        generator = Generator(loaded, cfg)
-        batches = generator.batches(load_prompts(cfg, loaded.tokenizer))
-        generator.run_batch(batches[0])  # warmup
-        monitor.begin("measure")
-        records = [r for batch in batches for r in generator.run_batch(batch)]
-        measured = monitor.end("measure")
+        report = measurement.run()
     finally:
-        monitor.close()
-    tokens = sum(r.output_tokens for r in records)
-    m = monitor.metrics(measured, output_tokens=tokens, requests=len(records))
-    print({k: round(v, 4) for k, v in m.items()})
-    assert tokens == 16 * 64
+        measurement.cleanup()
+    m, tags = report.metrics, report.tags
+    print({k: round(v, 4) for k, v in m.items() if not k.startswith("timeline/")})
+    assert m["tokens/output_total"] == 16 * 64
     # a 124M-parameter model on a datacenter GPU: well above 0, far below 10 J per token
     assert 0 < m["energy/j_per_output_token"] < 10
     assert 0 <= m["energy/dynamic_j_per_output_token"] <= m["energy/j_per_output_token"]
     assert m["power/gpu_baseline_w"] > 0
-    assert monitor.tags()["llem.energy.gpu_method"] == "nvml_counter"
-    assert "NVIDIA" in monitor.tags()["llem.gpu.name"]
+    assert tags["llem.energy.gpu_method"] == "nvml_counter"
+    assert "NVIDIA" in tags["llem.gpu.name"]
+    assert tags["llem.device.type"] == "cuda"

@@ -17,6 +17,7 @@ from helpers import (
     artifact_json,
     artifact_paths,
     assert_failed_with,
+    before_batch,
     only_run,
     write_config,
 )
@@ -27,8 +28,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_store, tmp_path, capsys, monkeypatch):
-    # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3.
-    monkeypatch.setenv("LLEM_TEST_OOM_AT_BATCH", "3")
+    # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3 (after 1 warmup batch).
+    import torch
+
+    def out_of_memory() -> None:
+        raise torch.OutOfMemoryError("injected for a test before measured batch 3")
+
+    before_batch(monkeypatch, 1 + 3, out_of_memory)
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6}, energy={"codecarbon": True})
     code = launch(str(cfg), quiet=True)
     err = capsys.readouterr().err
@@ -108,7 +114,6 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     """
     import codecarbon
 
-    from llem_mlflow import runner
     from llem_mlflow.energy import monitor as monitor_module
 
     gpu = FakeGpu()
@@ -119,17 +124,13 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     def failing_stop(self, *args, **kwargs):
         raise RuntimeError("cannot read the RAPL counters")
 
-    real_fault = runner.inject_test_fault
+    def meters_break() -> None:
+        for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues",
+                     "nvmlDeviceGetTemperature", "nvmlDeviceGetComputeRunningProcesses"):  # fmt: skip
+            gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
+        monkeypatch.setattr(codecarbon.OfflineEmissionsTracker, "stop", failing_stop)
 
-    def meters_break(batch_number: int) -> None:
-        if batch_number == 1:
-            for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues",
-                         "nvmlDeviceGetTemperature", "nvmlDeviceGetComputeRunningProcesses"):  # fmt: skip
-                gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
-            monkeypatch.setattr(codecarbon.OfflineEmissionsTracker, "stop", failing_stop)
-        real_fault(batch_number)
-
-    monkeypatch.setattr(runner, "inject_test_fault", meters_break)
+    before_batch(monkeypatch, 1 + 1, meters_break)  # from the first measured batch on
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "sample_interval_ms": 50})
     code = launch(str(cfg), quiet=True)
     assert code == EXIT_OK, capsys.readouterr().err[-3000:]

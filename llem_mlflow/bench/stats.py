@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import resource
 from collections.abc import Iterable, Sequence
 
 PERCENTILES = (50, 90, 95, 99)
@@ -50,3 +51,12 @@ def flops_per_output_token(loaded) -> float:
     and the embedding lookups are left out (an estimate, see docs/metrics.md).
     """
     return 2.0 * loaded.n_non_embedding_params
+
+
+def model_metrics(loaded) -> dict[str, float]:
+    return {"flops/per_output_token": float(flops_per_output_token(loaded)), "model/params": float(loaded.n_params)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -10,12 +10,11 @@ country code).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,11 +38,31 @@ from llem_mlflow.energy.nvml import (
     running_pids,
     samples_in,
 )
-from llem_mlflow.energy.readings import PhaseEnergy, now_ms
-from llem_mlflow.energy.timeline import metric_histories, plot_power, write_table
+from llem_mlflow.energy.readings import GpuSample, PhaseEnergy, now_ms
+from llem_mlflow.energy.timeline import metric_histories
 from llem_mlflow.errors import EnergyError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EnergyRecord:
+    """Everything the energy artifacts are made from: samples, phase windows, per-phase figures."""
+
+    samples: list[GpuSample]
+    phases: dict[str, tuple[int, int]]  # phase -> (start_ms, end_ms)
+    baseline_w: dict[int, float]  # idle power per GPU
+    codecarbon_csv: Path | None
+    phases_summary: dict[str, Any]
+    windows_s: dict[str, tuple[float, float]]  # phase -> monotonic (start, end), for integration
+
+    def sampled_energy_j(self, phase: str) -> float | None:
+        """Cross-check: sampled power integrated over a finished phase, all GPUs (None without samples)."""
+        if phase not in self.windows_s or not self.samples:
+            return None
+        window = samples_in(self.samples, *self.windows_s[phase])
+        parts = [integrate_power_j(window, gpu) for gpu in sorted({s.gpu for s in self.samples})]
+        return None if any(p is None for p in parts) else sum(parts)
 
 
 class EnergyMonitor:
@@ -329,31 +348,27 @@ class EnergyMonitor:
 
     def sampled_energy_j(self, phase: str) -> float | None:
         """Cross-check: sampled power integrated over a finished phase, all GPUs (None without samples)."""
-        if self._sampler is None or phase not in self._windows_s:
-            return None
-        window = samples_in(self._sampler.samples, *self._windows_s[phase])
-        parts = [integrate_power_j(window, d.target.cuda_index) for d in self._devices]
-        return None if any(p is None for p in parts) else sum(parts)
+        return self.record().sampled_energy_j(phase)
 
     def timeline(self) -> dict[str, list[tuple[int, float]]]:
         return metric_histories(self._sampler.samples) if self._sampler is not None else {}
 
+    def record(self) -> EnergyRecord:
+        """The raw data behind the energy artifacts (written by the reporter: tables and plots are its job)."""
+        csv_path = self._codecarbon.csv_path if self._codecarbon is not None else None
+        return EnergyRecord(
+            samples=list(self._sampler.samples) if self._sampler is not None else [],
+            phases=dict(self._phases),
+            baseline_w=dict(self._baseline.power_w) if self._baseline else {},
+            codecarbon_csv=csv_path if csv_path is not None and csv_path.exists() else None,
+            phases_summary=self._phases_summary(),
+            windows_s=dict(self._windows_s),
+        )
+
     def write_artifacts(self, directory: Path) -> list[Path]:
-        """Timeline table, CodeCarbon CSV, per-phase energy JSON and plots/power_timeline.png."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        samples = self._sampler.samples if self._sampler is not None else []
-        if samples:
-            written.append(write_table(samples, directory))
-            baseline_w = self._baseline.power_w if self._baseline else {}
-            written.append(plot_power(samples, self._phases, baseline_w, directory / "plots" / "power_timeline.png"))
-        if self._codecarbon is not None and self._codecarbon.csv_path.exists():
-            written.append(Path(shutil.copy(self._codecarbon.csv_path, directory / "codecarbon_emissions.csv")))
-        phases_path = directory / "energy_phases.json"
-        phases_path.write_text(json.dumps(self._phases_summary(), indent=2))
-        written.append(phases_path)
-        return written
+        from llem_mlflow.energy.artifacts import write_energy_artifacts
+
+        return write_energy_artifacts(self.record(), directory)
 
     def _phases_summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llem_mlflow import metrics_registry as registry
 from llem_mlflow.sweep.resume import CONFIG_HASH_TAG, POINT_TAG, REPEAT_TAG, children
 from llem_mlflow.sweep.study import Study
 from llem_mlflow.tracking.compare import (
@@ -24,13 +25,9 @@ from llem_mlflow.tracking.compare import (
     plot_pareto,
 )
 from llem_mlflow.tracking.run import RunLogger
-from llem_mlflow.tracking.version_tags import metric_direction
 
-# Headline metric -> which direction is better (from the metric's group, as tag-best decides it).
-HEADLINE_METRICS = {
-    m: metric_direction(m)
-    for m in (ENERGY_METRIC, THROUGHPUT_METRIC, "latency/ttft_ms_p50", "emissions/kg_co2eq")
-}
+# Headline metric -> which direction is better (the metric registry's, as tag-best decides it).
+HEADLINE_METRICS = {m: registry.direction(m) for m in registry.STUDY_BEST}
 
 
 def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.tracking import version_tags as vt
 from llem_mlflow.tracking.registry import get_run, search_all
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 FORMATS = ("table", "csv", "json", "markdown")
-ENERGY_METRIC = "energy/j_per_output_token"
-THROUGHPUT_METRIC = "throughput/output_tokens_per_s"
+ENERGY_METRIC = registry.ENERGY_PER_TOKEN
+THROUGHPUT_METRIC = registry.THROUGHPUT
 # Key metrics, in display order, with units (a column appears when at least one run has it).
-KEY_METRICS: dict[str, str] = dict(vt.HEADLINE_METRICS)
+KEY_METRICS: dict[str, str] = {name: registry.unit(name) for name in registry.KEY}
 # Summary runs carry this tag, so a later `compare --experiment` leaves them out.
 TAG_SUMMARY = "llem.compare.summary"
 TAG_COMPARED_RUNS = "llem.compare.run_ids"

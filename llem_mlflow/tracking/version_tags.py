@@ -23,28 +23,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llem_mlflow import metrics_registry as registry
+
 HW_PREFIX = "llem.hw."
 
 # Headline metrics a version is tagged with (when the run measured them), with units.
-HEADLINE_METRICS: dict[str, str] = {
-    "energy/j_per_output_token": "J/token",
-    "energy/total_j": "J",
-    "energy/gpu_j": "J",
-    "energy/gpu_dynamic_j": "J",
-    "energy/cpu_j": "J",
-    "energy/ram_j": "J",
-    "emissions/kg_co2eq": "kg CO2eq",
-    "throughput/output_tokens_per_s": "tokens/s",
-    "latency/ttft_ms_p50": "ms",
-    "latency/itl_ms_p50": "ms",
-    "latency/e2e_ms_p50": "ms",
-    "memory/gpu_peak_allocated_mb": "MB",
-    "memory/process_peak_rss_mb": "MB",
-}
-
-# Better is lower for costs, higher for rates. Decided by the metric's group (the part before "/").
-LOWER_IS_BETTER_GROUPS = frozenset({"energy", "emissions", "latency", "memory", "power", "time"})
-HIGHER_IS_BETTER_GROUPS = frozenset({"throughput"})
+HEADLINE_METRICS: dict[str, str] = {name: registry.unit(name) for name in registry.KEY}
 
 # Run tags of the run contract.
 TAG_MODEL = "llem.model"
@@ -84,14 +68,7 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
-def metric_direction(metric: str) -> str | None:
-    """'min' when lower is better, 'max' when higher is better, None when the group does not say."""
-    group = metric.split("/", 1)[0]
-    if group in LOWER_IS_BETTER_GROUPS:
-        return "min"
-    if group in HIGHER_IS_BETTER_GROUPS:
-        return "max"
-    return None
+metric_direction = registry.direction
 
 
 @dataclass

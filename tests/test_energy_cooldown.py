@@ -2,7 +2,7 @@
 
 import pytest
 
-from llem_mlflow.sweep.cooldown import wait_until_cool
+from llem_mlflow.energy.cooldown import wait_until_cool
 
 
 class SimulatedTime:

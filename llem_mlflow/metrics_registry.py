@@ -1,0 +1,119 @@
+"""One table of the metrics users read first: name, unit, which direction is better, role.
+
+Every place that picks, orders, labels or ranks metrics reads it: the CLI's summary line,
+`compare`, `tag-best`, the sweep summary, trial statistics and the registry's version tags.
+Plain data, no imports beyond the standard library (the CLI's start-up path uses it).
+
+The full list of names and their definitions is docs/metrics.md; this table holds the
+headline subset plus the rules (unit and direction) that apply to every metric name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    unit: str
+    better: str | None  # "min" (lower is better), "max" (higher is better) or None (no order)
+    label: str  # short words for the CLI, e.g. "TTFT p50"
+    headline: bool = False  # shown first: CLI summary, compare's default columns, logged first
+    trial_spread: bool = False  # gets _std, _ci95_low/_high, _cv over trials
+
+
+# In display order: the headline figures first.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("energy/j_per_output_token", "J/token", "min", "energy per output token", headline=True, trial_spread=True),
+    MetricSpec("throughput/output_tokens_per_s", "tokens/s", "max", "throughput", headline=True, trial_spread=True),
+    MetricSpec("latency/ttft_ms_p50", "ms", "min", "TTFT p50", headline=True, trial_spread=True),
+    MetricSpec("latency/e2e_ms_p50", "ms", "min", "end-to-end p50", headline=True),
+    MetricSpec("energy/measured_j_per_output_token", "J/token", "min", "measured energy per output token"),
+    MetricSpec("energy/gpu_j_per_output_token", "J/token", "min", "GPU energy per output token"),
+    MetricSpec("energy/total_j", "J", "min", "total energy"),
+    MetricSpec("energy/gpu_j", "J", "min", "GPU energy"),
+    MetricSpec("energy/gpu_dynamic_j", "J", "min", "GPU dynamic energy"),
+    MetricSpec("energy/cpu_j", "J", "min", "CPU energy"),
+    MetricSpec("energy/ram_j", "J", "min", "RAM energy"),
+    MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions"),
+    MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50"),
+    MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated"),
+    MetricSpec("memory/process_peak_rss_mb", "MiB", "min", "process peak RSS"),
+)
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
+
+HEADLINE: tuple[str, ...] = tuple(s.name for s in METRICS if s.headline)
+TRIAL_SPREAD: tuple[str, ...] = tuple(s.name for s in METRICS if s.trial_spread)
+# The figures a registered model version is tagged with and compare shows by default.
+KEY: tuple[str, ...] = tuple(s.name for s in METRICS)
+# The study summary's "best point" figures.
+STUDY_BEST: tuple[str, ...] = (*HEADLINE[:3], "emissions/kg_co2eq")
+
+ENERGY_PER_TOKEN = "energy/j_per_output_token"
+THROUGHPUT = "throughput/output_tokens_per_s"
+
+# Better is lower for costs, higher for rates: decided by the group (the part before "/").
+LOWER_IS_BETTER_GROUPS = frozenset({"energy", "emissions", "latency", "memory", "power", "time"})
+HIGHER_IS_BETTER_GROUPS = frozenset({"throughput", "load"})
+
+# Unit from the name's suffix, most specific first (docs/metrics.md: the unit is in the name).
+_SUFFIX_UNITS = (
+    (r"tokens_per_s$", "tokens/s"),
+    (r"requests_per_s$", "requests/s"),
+    (r"[/_]j_per_\w*token$", "J/token"),
+    (r"[/_]j_per_request$", "J/request"),
+    (r"kg_co2eq$", "kg CO2eq"),
+    (r"_j$", "J"),
+    (r"_w$", "W"),
+    (r"_ms(_\w+)?$", "ms"),
+    (r"_s$", "s"),
+    (r"_mb$", "MiB"),
+    (r"_c$", "C"),
+    (r"_pct$", "%"),
+)
+
+
+def unit(name: str) -> str:
+    """The unit of a metric: from the table, else from the name's suffix, else ''."""
+    if name in BY_NAME:
+        return BY_NAME[name].unit
+    return next((text for pattern, text in _SUFFIX_UNITS if re.search(pattern, name)), "")
+
+
+def direction(name: str) -> str | None:
+    """'min' when lower is better, 'max' when higher is better, None when nothing says."""
+    if name in BY_NAME:
+        return BY_NAME[name].better
+    group = name.split("/", 1)[0]
+    if group in LOWER_IS_BETTER_GROUPS:
+        return "min"
+    if group in HIGHER_IS_BETTER_GROUPS:
+        return "max"
+    return None
+
+
+def display_order(names: list[str] | set[str] | dict) -> list[str]:
+    """Table metrics first in table order, then the rest by name (the order a run logs them)."""
+    names = set(names)
+    first = [n for n in KEY if n in names]
+    return first + sorted(names - set(first))
+
+
+def format_number(value: float, digits: int = 4) -> str:
+    """Plain decimal with `digits` significant digits: 11350, 13.45, 0.03127 (never 1.135e+04)."""
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def describe(name: str, value: float) -> str:
+    """`0.03127 J/token energy per output token` style words for the CLI."""
+    spec = BY_NAME.get(name)
+    words = spec.label if spec else name
+    return f"{format_number(value)} {unit(name)} {words}".replace("  ", " ")

@@ -1,0 +1,94 @@
+"""The measuring core without MLflow, and the reporter's own process (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import all_runs, write_config
+
+from llem_mlflow import metrics_registry as registry
+
+CORE_ONLY = """
+import sys
+from llem_mlflow.config.loader import load_config
+from llem_mlflow.runner import Measurement
+measurement = Measurement(load_config(sys.argv[1]), quiet=True)
+report = measurement.run()
+measurement.cleanup()
+assert report.status == "complete", report.status
+heavy = [m for m in ("mlflow", "matplotlib", "pandas", "pyarrow") if m in sys.modules]
+import json
+print(json.dumps([report.metrics["tokens/output_total"], len(report.records), sorted(report.durations_s), heavy]))
+"""
+
+
+def test_measure_runs_without_mlflow_and_reports_every_phase(tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", n_trials=2)
+    done = subprocess.run([sys.executable, "-c", CORE_ONLY, str(cfg)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tokens, records, phases, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tokens == 4 * 8 and records == 4
+    assert phases == ["environment", "load", "measure", "measure/2", "startup", "warmup"]
+    assert heavy == []  # plots, tables and MLflow belong to the reporter
+
+
+def test_disabled_warmup_is_no_phase(mlflow_store, tmp_path):
+    from llem_mlflow.config.loader import load_config
+    from llem_mlflow.runner import measure
+
+    report = measure(load_config(str(write_config(tmp_path / "exp.yaml", warmup={"enabled": False}))), quiet=True)
+    assert "warmup" not in report.durations_s and "time/warmup_s" not in report.metrics
+    assert report.metrics["time/measure_s"] > 0 and report.metrics["time/startup_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_killed_measuring_process_leaves_a_failed_run_not_a_running_one(mlflow_store, tmp_path):
+    """kill -9 of the measuring process: its MLflow reporter process sees the pipe close and ends the run."""
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1})
+    process = subprocess.Popen([sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("llem.device.type" in r.data.tags for r in all_runs()):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            time.sleep(0.5)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and all_runs()[0].info.status == "RUNNING":
+            time.sleep(0.5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run = all_runs()[0]
+    assert run.info.status == "FAILED"
+    assert "measuring process died" in run.data.tags["llem.error"]
+    assert run.data.params["model"] == "random:tiny"  # what was logged before is kept
+
+
+def test_registry_units_and_directions_follow_the_names():
+    assert registry.unit("energy/gpu3_j") == "J"
+    assert registry.unit("energy/j_per_request") == "J/request"
+    assert registry.unit("energy/dynamic_j_per_output_token") == "J/token"
+    assert registry.unit("latency/itl_ms_p99") == "ms"
+    assert registry.unit("throughput/input_tokens_per_s") == "tokens/s"
+    assert registry.unit("memory/gpu_peak_allocated_mb") == "MiB"
+    assert registry.direction("throughput/output_tokens_per_s") == "max"
+    assert registry.direction("latency/e2e_ms_p90") == "min"
+    assert registry.direction("model/params") is None
+    assert registry.display_order({"time/load_s", "latency/ttft_ms_p50", "energy/j_per_output_token", "a/b"}) == [
+        "energy/j_per_output_token", "latency/ttft_ms_p50", "a/b", "time/load_s"]  # fmt: skip
+    assert set(registry.TRIAL_SPREAD) <= set(registry.KEY) and set(registry.HEADLINE) <= set(registry.KEY)
+
+
+@pytest.mark.parametrize(
+    "value, text", [(11350.3, "11350"), (13.449, "13.45"), (0.0312749, "0.03127"), (403.0, "403.0"), (0.0, "0"), (-2.5, "-2.500")]
+)
+def test_numbers_are_plain_decimals(value, text):
+    assert registry.format_number(value) == text
+    assert "e" not in registry.format_number(value * 1e-9)
