@@ -1,5 +1,5 @@
 """Against a real `mlflow server` on loopback (sqlite backend, served artifacts):
-runs log over HTTP, survive a server restart, run four at once, and meet basic-auth.
+runs log over HTTP, survive a server restart, run two at once, and meet basic-auth.
 
 The shared server comes from tests/mlflow_server.py; the tests that need their own server
 (restart on the same port, basic-auth) start one the same way with `_server` below.
@@ -32,13 +32,14 @@ def _client(uri: str):
 
 
 @pytest.mark.slow
-def test_four_runs_at_once_each_end_with_their_own_params_and_metrics(mlflow_server, tmp_path):
+def test_runs_at_once_each_end_with_their_own_params_and_metrics(mlflow_server, tmp_path):
     experiment = f"parallel-{time.time_ns()}"
-    # Made first: four processes creating one new experiment at once race (see the test below).
+    # Made first: processes creating one new experiment at once race (see the test below).
+    # Two concurrent runs show what four did (each keeps its own params, metrics and artifacts), in half the time.
     _client(mlflow_server).create_experiment(experiment)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, **RETRY_ENV}
     cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False}, pytorch={"batch_size": 1})
-    sizes = {f"r{i}": n for i, n in enumerate((2, 3, 4, 5))}
+    sizes = {f"r{i}": n for i, n in enumerate((2, 3))}
     processes = {
         name: subprocess.Popen(
             [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet", "--experiment-name", experiment,

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.errors import ModelLoadError, TrackingError
 from llem_mlflow.tracking import version_tags as vt
-from llem_mlflow.tracking.run import MAX_METRICS_PER_BATCH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -238,8 +237,7 @@ def _link_metrics(client: MlflowClient, run: Run, model_id: str) -> None:
             continue
         last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run.info.run_id))
-    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(run.info.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+    client.log_batch(run.info.run_id, metrics=metrics)  # MlflowClient splits it to the store's limits
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

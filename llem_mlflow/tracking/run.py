@@ -1,4 +1,4 @@
-"""One MLflow run, logged in batches through MlflowClient.
+"""One MLflow run, logged in batches through MlflowClient (which splits a batch to the store's limits).
 
 Used by the runner; never imports torch. Under `mlflow run` the run already
 exists (MLFLOW_RUN_ID) and is resumed; otherwise a new run is created.
@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from llem_mlflow.errors import TrackingError
 
-# MLflow's per-request limits for log_batch.
-MAX_PARAMS_PER_BATCH = 100
-MAX_TAGS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
 MAX_TAG_VALUE = 8000
 
 # The experiment tag the MLflow 3 UI reads to choose between its GenAI and model-training views.
@@ -91,16 +86,12 @@ class RunLogger:
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=chunk, synchronous=True)
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=chunk, synchronous=True)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0, timestamp_ms: int | None = None) -> None:
         ts = timestamp_ms or int(time.time() * 1000)
@@ -115,9 +106,7 @@ class RunLogger:
     def log_metric_points(self, points: Iterable[tuple[str, float, int, int]]) -> None:
         from mlflow.entities import Metric
 
-        items = [Metric(name, float(value), int(ts), int(step)) for name, value, ts, step in points]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        self.client.log_batch(self.run_id, metrics=[Metric(name, float(value), int(ts), int(step)) for name, value, ts, step in points])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
@@ -126,11 +115,7 @@ class RunLogger:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        directory, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, name)
-            path.write_text(text, encoding="utf-8")
-            self.log_artifact(path, directory or None)
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def end(self, status: str) -> None:
         """Mark the run terminated (FINISHED, FAILED or KILLED). Idempotent."""
@@ -184,11 +169,6 @@ def _experiment_id(client: Any, name: str | None) -> str:
             raise
         # Another run created it between our look-up and our create (parallel runs).
         return client.get_experiment_by_name(name).experiment_id
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _where() -> str:
