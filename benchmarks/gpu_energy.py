@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_energy.py [--model random:llama-3.2-1b] [--prompts 64] [--out DIR]
 
-Prints the key figures (J/token, counter-vs-integral ratio, TTFT p50, tokens/s) and writes
+Prints the key figures (J/token, counter-vs-integral ratio, TTFT p50, tokens/s, the prefill/decode
+split, the cold start, memory of the measured phase) and writes
 them, with the energy artifacts, to --out. Runs where torch runs: MLflow is not needed.
 """
 
@@ -26,6 +27,17 @@ KEYS = (
     "power/gpu_baseline_w",
     "energy/cpu_j",
     "emissions/kg_co2eq",
+    "energy/prefill_j",
+    "energy/decode_j",
+    "energy/j_per_input_token",
+    "energy/j_per_decode_token",
+    "time/first_generate_s",
+    "energy/first_generate_j",
+    "latency/first_ttft_ms",
+    "memory/measure_peak_rss_mb",
+    "memory/measure_gpu_peak_allocated_mb",
+    "memory/measure_gpu_peak_reserved_mb",
+    "memory/measure_gpu_peak_used_mb",
 )
 
 
@@ -59,6 +71,7 @@ def main() -> None:
         pytorch={"batch_size": args.batch_size},
         baseline={"enabled": True, "duration_s": args.baseline_s},
         energy={"gpu": "nvml", "codecarbon": use_codecarbon, "sample_interval_ms": 100},
+        measure={"prefill_split": True},
     )
     measurement = Measurement(cfg)
     try:

@@ -61,6 +61,7 @@ HIGHER_IS_BETTER_GROUPS = frozenset({"throughput", "load"})
 
 # Unit from the name's suffix, most specific first (docs/metrics.md: the unit is in the name).
 _SUFFIX_UNITS = (
+    (r"_cv$", ""),  # std / mean: no unit, whatever the figure's own
     (r"tokens_per_s$", "tokens/s"),
     (r"requests_per_s$", "requests/s"),
     (r"[/_]j_per_\w*token$", "J/token"),

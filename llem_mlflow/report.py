@@ -24,7 +24,7 @@ class Report:
     error: str | None = None
     phase: str = "start"  # the phase running now, or the one a failure stopped in
     durations_s: dict[str, float] = field(default_factory=dict)  # phase -> seconds, phases that ended
-    records: list[RequestRecord] = field(default_factory=list)  # requests of the first measured trial
+    records: list[RequestRecord] = field(default_factory=list)  # every measured request, all trials (`.trial`)
     trial_metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per finished trial
     metrics: dict[str, float] = field(default_factory=dict)  # the run's figures (headline = trial mean)
     tags: dict[str, str] = field(default_factory=dict)  # llem.* tags, in the order they became known
@@ -45,7 +45,9 @@ class Report:
             "trials": self.trial_metrics,
             "durations_s": self.durations_s,
             "tags": self.tags,
+            # measured requests that finished, over every trial (a complete run: n_trials x dataset.n)
             "requests_completed": len(self.records),
+            "trials_completed": len(self.trial_metrics),
         }
 
 

@@ -1,11 +1,12 @@
 """The measuring core: one experiment's phases in order, into a Report. No MLflow.
 
-    environment -> baseline -> load -> warmup -> measure (x n_trials) -> summary
+    environment -> baseline -> load -> first_generate -> warmup -> (measure [-> prefill]) x n_trials -> summary
 
 Each phase has a begin and an end edge. At the edges the energy monitor opens
-and closes its window (after a CUDA synchronize) and the phase's duration
-becomes `time/<phase>_s`. A Listener (the MLflow reporter) hears about tags and
-phase ends; nothing it does runs inside a measured window.
+and closes its window (after a CUDA synchronize), the phase's peak memory is
+reset and read, and the phase's duration becomes `time/<phase>_s`. A Listener
+(the MLflow reporter) hears about tags and phase ends; nothing it does runs
+inside a measured window.
 
     report = measure(cfg)                      # anywhere torch runs: a GPU box, a worker, a test
     Measurement(cfg, listener=...).run()       # the same, keeping the partial Report on a failure
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -60,7 +62,12 @@ class Measurement:
         self.listener: Listener = listener or NoListener()
         self.report = Report(cfg, workdir=workdir or Path(tempfile.mkdtemp(prefix="llem-run-")))
         self.monitor: EnergyMonitor | None = None
+        from llem_mlflow.bench.memory import PhaseMemory
+
+        self.memory = PhaseMemory()
         self._cut_short: PhaseEnergy | None = None  # the energy window a failure closed early
+        self._split_notes: list[str] = []  # prefill/decode figures a trial could not give, and why
+        self._split_warnings: list[str] = []  # trials whose decode energy came out <= 0
 
     # --- the phases ------------------------------------------------------------------
     def run(self) -> Report:
@@ -70,34 +77,38 @@ class Measurement:
 
         cfg = self.cfg
         self.report.durations_s["startup"] = process_age_s()  # imports and config: the fixed cost before phase 1
-        self.add_tags(identity_tags(cfg))
-        with self.phase("environment"):
-            self.report.resolved["environment"] = environment_snapshot()
-            self.add_tags(environment_tags(self.report.resolved["environment"]))
-        self.monitor = EnergyMonitor(cfg, synchronize, nvml=self.nvml, workdir=self.report.workdir / "energy-meters")
+        self.add_tags({**identity_tags(cfg), "llem.memory.rss_method": self.memory.method})
         try:
+            with self.phase("environment"):
+                self.report.resolved["environment"] = environment_snapshot()
+                self.add_tags(environment_tags(self.report.resolved["environment"]))
+            self.monitor = EnergyMonitor(cfg, synchronize, nvml=self.nvml, workdir=self.report.workdir / "energy-meters")
             with self.phase("baseline", energy=False):
                 measured = self.monitor.measure_baseline()
             if not measured:  # skipped (disabled, or no GPU): no phase took place, its tag says why
-                del self.report.durations_s["baseline"]
+                self.forget_phase("baseline")
             with self.phase("load"):
                 loaded = self.load_model()
+                self.memory.gpu_indices = list(loaded.gpu_indices)  # the load's GPU peaks: since the process started
             from llem_mlflow.bench.environment import device_tags
 
             self.add_tags(device_tags(loaded))
             generator, batches = self.prepare(loaded)
+            self.run_first_generate(generator, batches[0])
             if cfg.warmup.enabled:  # disabled: no phase, so no time/warmup_s or energy/warmup_j
                 with self.phase("warmup"):
                     self.run_warmup(generator, batches)
             for trial in range(1, cfg.n_trials + 1):
                 if trial > 1:
                     self.cool_down()
-                self.run_trial(trial, generator, batches, loaded)
+                self.run_trial(trial, generator, batches)
             self.summarise(loaded)
             self.report.status = "complete"
         finally:
-            self.monitor.close()
-            self.report.energy = self.monitor.record()
+            self.memory.close()
+            if self.monitor is not None:
+                self.monitor.close()
+                self.report.energy = self.monitor.record()
         return self.report
 
     def add_tags(self, tags: dict[str, str]) -> None:
@@ -128,6 +139,15 @@ class Measurement:
         )
         return generator, generator.batches(prompts)
 
+    def run_first_generate(self, generator: Generator, batch: Batch) -> None:
+        """Cold start: the first generate() after loading (cache allocation, kernel selection,
+        compilation) is a phase of its own, kept out of warmup and measure."""
+        self.listener.before_window()
+        with self.phase("first_generate"):
+            records = generator.run_batch(batch)
+        if records[0].ttft_ms is not None:  # the rows of a batch share their TTFT; beam search has none
+            self.report.metrics["latency/first_ttft_ms"] = records[0].ttft_ms
+
     def run_warmup(self, generator: Generator, batches: list[Batch]) -> None:
         warm = [batches[i % len(batches)] for i in range(self.cfg.warmup.n_batches)]
         with progress(len(warm), "warmup", self.quiet) as advance:
@@ -135,28 +155,61 @@ class Measurement:
                 generator.run_batch(batch)
                 advance()
 
-    def run_trial(self, trial: int, generator: Generator, batches: list[Batch], loaded: LoadedModel) -> None:
-        from llem_mlflow.bench.device import reset_gpu_peak_memory
+    def run_trial(self, trial: int, generator: Generator, batches: list[Batch]) -> None:
         from llem_mlflow.bench.stats import latency_metrics
 
-        reset_gpu_peak_memory(loaded.gpu_indices)
-        phase = "measure" if trial == 1 else f"measure/{trial}"
+        phase = trial_phase("measure", trial)
         records: list[RequestRecord] = []
-        if trial == 1:
-            self.report.records = records  # filled batch by batch: what a failure keeps
         self.listener.before_window()
-        with self.phase(phase) as window:
+        with self.phase(phase, trial=True) as window:
             with progress(len(batches), f"measure {trial}/{self.cfg.n_trials}", self.quiet) as advance:
                 for batch in batches:
-                    records.extend(generator.run_batch(batch))
+                    done = generator.run_batch(batch)
+                    for record in done:
+                        record.trial = trial
+                    records.extend(done)
+                    self.report.records.extend(done)  # batch by batch: what a failure keeps
                     advance()
         duration = self.report.durations_s[phase]
         metrics = latency_metrics(records)
         metrics.update(throughput_metrics(metrics, len(records), duration))
         metrics["time/measure_s"] = duration
+        metrics.update(window.memory)
         if window.energy is not None:
             metrics.update(self.monitor.metrics(window.energy, int(metrics.get("tokens/output_total", 0)), len(records)))
-        self.report.trial_metrics.append(metrics)
+        self.report.trial_metrics.append(metrics)  # the trial is done: a failure in its prefill pass keeps it
+        if self.cfg.measure.prefill_split:
+            metrics.update(self.run_prefill(trial, generator, batches, records, window.energy))
+
+    def run_prefill(
+        self, trial: int, generator: Generator, batches: list[Batch], measured: list[RequestRecord], energy: PhaseEnergy | None
+    ) -> dict[str, float]:
+        """The prefill-only pass of a trial (one new token, same batches) and the prefill/decode split."""
+        from llem_mlflow.bench.stats import summarize
+        from llem_mlflow.energy.split import prefill_decode_split
+
+        prefill = generator.prefill_only()
+        phase = trial_phase("prefill", trial)
+        records: list[RequestRecord] = []
+        self.listener.before_window()
+        with self.phase(phase, trial=True) as window:
+            with progress(len(batches), f"prefill {trial}/{self.cfg.n_trials}", self.quiet) as advance:
+                for batch in batches:
+                    records.extend(prefill.run_batch(batch))
+                    advance()
+        metrics = summarize("latency/prefill_ms", [r.e2e_ms for r in records])
+        metrics["time/prefill_s"] = self.report.durations_s[phase]
+        metrics.update(window.memory)
+        decode_tokens = sum(max(r.output_tokens - 1, 0) for r in measured)  # the first token comes from the prefill
+        metrics["tokens/decode_total"] = float(decode_tokens)
+        split = prefill_decode_split(energy, window.energy, sum(r.input_tokens for r in measured), decode_tokens)
+        metrics.update(split.metrics)
+        where = "" if self.cfg.n_trials == 1 else f"trial {trial}: "
+        if split.note:
+            self._split_notes.append(where + split.note)
+        if split.not_positive:
+            self._split_warnings.append(where + split.not_positive)
+        return metrics
 
     def cool_down(self) -> None:
         """Between trials: wait until the GPU is back near its idle temperature."""
@@ -183,7 +236,7 @@ class Measurement:
     # --- summary ----------------------------------------------------------------------
     def summarise(self, loaded: LoadedModel) -> None:
         from llem_mlflow.bench.device import gpu_memory_metrics
-        from llem_mlflow.bench.stats import model_metrics, peak_rss_mb
+        from llem_mlflow.bench.stats import model_metrics
 
         report = self.report
         metrics = report.phase_time_metrics()
@@ -191,10 +244,15 @@ class Measurement:
         metrics.update(report.metrics)
         metrics.update(model_metrics(loaded))
         metrics.update(gpu_memory_metrics(loaded))
-        metrics["memory/process_peak_rss_mb"] = peak_rss_mb()
+        name = "memory/measure_gpu_peak_allocated_mb"
+        peaks = [t[name] for t in report.trial_metrics if name in t]
+        if peaks:
+            metrics["memory/gpu_peak_allocated_mb"] = max(peaks)  # the highest over the measured trials
+        metrics["memory/process_peak_rss_mb"] = self.memory.process_peak_mb()
         report.metrics = metrics
-        report.resolved["prompt_order"] = [r.prompt_index for r in report.records]
+        report.resolved["prompt_order"] = [r.prompt_index for r in report.records if r.trial == 1]
         tags = self.monitor.tags()
+        tags.update(self.split_tags())
         if any(r.ttft_ms is None for r in report.records):
             tags["llem.latency.streaming"] = (
                 "unavailable: beam search cannot stream, so TTFT and inter-token latency were not measured; "
@@ -202,22 +260,41 @@ class Measurement:
             )
         self.add_tags(tags)
 
+    def split_tags(self) -> dict[str, str]:
+        """llem.energy.prefill_split (how decode energy was found, or why a figure is absent) and its warning."""
+        if not self.cfg.measure.prefill_split:
+            return {}
+        text = "decode = measured window - prefill-only pass (same batches, one new token), per trial; same sources"
+        tags = {"llem.energy.prefill_split": "; ".join([text, *self._split_notes])}
+        if self._split_warnings:
+            tags["llem.warning.decode_energy_not_positive"] = " | ".join(self._split_warnings)
+        return tags
+
     # --- failure --------------------------------------------------------------------
     def partial(self, error: str) -> Report:
-        """The Report after a failure: what finished is kept, and marked partial."""
+        """The Report after a failure: what finished is kept, and marked partial.
+
+        Finished trials give the figures (their mean); the requests of a trial the failure cut short
+        stay in `records` (requests.csv). Without a finished trial, the cut-short trial's batches give them."""
         from llem_mlflow.bench.stats import latency_metrics
 
         report = self.report
         report.status, report.error = "partial", error
-        partial = dict(report.metrics)
+        partial = report.phase_time_metrics()  # first: a trial mean (time/measure_s) below wins over trial 1's
+        partial.update(report.metrics)
         tags = {"llem.failed_phase": report.phase}
-        if report.records and not report.trial_metrics:
-            partial.update(latency_metrics(report.records))
+        finished = len(report.trial_metrics)
+        cut_short = [r for r in report.records if r.trial == finished + 1]
+        if finished:
+            partial.update(summarise_trials(report.trial_metrics))
+            kept = f"; trial {finished + 1} stopped after {len(cut_short)} request(s), kept in requests.csv" if cut_short else ""
+            tags["llem.partial"] = f"metrics cover the {finished} finished trial(s){kept}"
+        elif cut_short:
+            partial.update(latency_metrics(cut_short))
             if self._cut_short is not None and self.monitor is not None:
-                output_tokens = sum(r.output_tokens for r in report.records)
-                partial.update(self.monitor.metrics(self._cut_short, output_tokens, len(report.records)))
+                output_tokens = sum(r.output_tokens for r in cut_short)
+                partial.update(self.monitor.metrics(self._cut_short, output_tokens, len(cut_short)))
                 tags["llem.partial"] = "energy/* and latency/* cover the measured batches that finished before the failure"
-        partial.update(report.phase_time_metrics())
         report.metrics = partial
         if self.monitor is not None:
             tags.update(self.monitor.tags())
@@ -230,14 +307,18 @@ class Measurement:
         shutil.rmtree(self.report.workdir, ignore_errors=True)
 
     @contextmanager
-    def phase(self, name: str, energy: bool = True) -> Iterator[_Window]:
-        """One phase between two edges: timing always, an energy window where asked."""
+    def phase(self, name: str, energy: bool = True, trial: bool = False) -> Iterator[_Window]:
+        """One phase between two edges: timing and peak memory always, an energy window where asked.
+
+        `trial`: a measured trial's phase, whose memory figures go into that trial's metrics
+        (`window.memory`); any other phase's go straight into the run's metrics."""
         from llem_mlflow.bench.device import synchronize
 
         self.report.phase = name
         window = _Window()
         monitor = self.monitor if energy else None
         synchronize()
+        self.memory.begin()
         if monitor is not None:
             monitor.begin(name)
         start = time.perf_counter()
@@ -252,11 +333,31 @@ class Measurement:
         self.report.durations_s[name] = time.perf_counter() - start
         if monitor is not None:
             window.energy = monitor.end(name)
+        window.memory = self.phase_memory(name)  # read after the energy window closed
+        if not trial:
+            self.report.metrics.update(window.memory)
         self.listener.on_phase_end(self.report, name)
 
+    def phase_memory(self, phase: str) -> dict[str, float]:
+        """memory/<phase>_*: peak RSS, torch's GPU peaks, and NVML's sampled used memory."""
+        figures = self.memory.end()
+        used = self.monitor.peak_memory_used_mb(phase) if self.monitor is not None else None
+        if used is not None:
+            figures["gpu_peak_used_mb"] = used
+        base = phase.split("/")[0]  # measure/2 -> measure: trials share names, their figures are per trial
+        return {f"memory/{base}_{key}": value for key, value in figures.items()}
 
+    def forget_phase(self, phase: str) -> None:
+        """A phase that did not take place after all (a skipped baseline): no duration, no memory figures."""
+        del self.report.durations_s[phase]
+        for name in [n for n in self.report.metrics if n.startswith(f"memory/{phase}_")]:
+            del self.report.metrics[name]
+
+
+@dataclass
 class _Window:
     energy: PhaseEnergy | None = None
+    memory: dict[str, float] = field(default_factory=dict)  # memory/<phase>_* of the finished phase
 
 
 # --- small pure helpers ------------------------------------------------------------------
@@ -270,6 +371,11 @@ def process_age_s() -> float:
     import psutil
 
     return max(time.time() - psutil.Process().create_time(), 0.0)
+
+
+def trial_phase(name: str, trial: int) -> str:
+    """measure, measure/2, ...: a repeated phase's name in each trial."""
+    return name if trial == 1 else f"{name}/{trial}"
 
 
 def redacted_config(cfg: ExperimentConfig) -> ExperimentConfig:

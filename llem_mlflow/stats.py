@@ -29,7 +29,7 @@ def trial_summary(name: str, values: Sequence[float]) -> dict[str, float]:
     out = {name: mean}
     if n == 1:
         return out
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    std = sample_std(values, mean)
     half_width = t_quantile(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
     out[f"{name}_std"] = std
     out[f"{name}_ci95_low"] = mean - half_width
@@ -37,6 +37,11 @@ def trial_summary(name: str, values: Sequence[float]) -> dict[str, float]:
     if mean != 0.0:
         out[f"{name}_cv"] = std / abs(mean)
     return out
+
+
+def sample_std(values: Sequence[float], mean: float) -> float:
+    """Standard deviation with the n - 1 denominator (needs two or more values)."""
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def t_quantile(p: float, dof: int) -> float:

@@ -111,7 +111,9 @@ def assert_failed_with(run: Any, *needles: str, status: str = "FAILED") -> None:
 
 def before_batch(monkeypatch: Any, call_number: int, action: Any) -> None:
     """Fault injection from the test: call `action()` just before the `call_number`-th generate() batch
-    of the run (warmup batches count: with one warmup batch, measured batch k is call k + 1)."""
+    of the run. The first generate() (cold start) and the warmup batches count: with one warmup
+    batch, measured batch k is call k + 2; prefill-only passes (measure.prefill_split) count too.
+    Calling it again adds another action (each counts every call)."""
     from llem_mlflow.bench.generation import Generator
 
     real_run_batch = Generator.run_batch

@@ -166,3 +166,76 @@ def test_generation_on_gpu_times_every_request():
     _, records = run(loaded, config(decoder={"min_new_tokens": 6}, pytorch={"batch_size": 2}))
     assert [r.output_tokens for r in records] == [6, 6, 6, 6]
     assert all(0 < r.ttft_ms <= r.e2e_ms for r in records)
+
+
+# --- issue 11 item 6 and issue 13: per-chunk ITL, the EOS generate() uses, the call time, prefill-only ---
+def test_streamed_chunks_of_several_tokens_make_one_gap_each():
+    import torch
+
+    from llem_mlflow.bench.generation import StepClock, chunk_times
+
+    clock = StepClock()
+    # the prompt, then chunks of 1, 3 and 2 tokens (prompt lookup accepts several at once), at 10, 20, 35, 45 s
+    clock.times, clock.chunks = [0.0, 10.0, 20.0, 35.0], [torch.zeros(1, 5), torch.zeros(1, 1), torch.zeros(1, 3), torch.zeros(1, 2)]
+    assert clock.arrivals() == [(10.0, 1), (20.0, 4), (35.0, 6)]
+    assert chunk_times(clock.arrivals(), 6) == [10.0, 20.0, 35.0]  # gaps 10, 15: never a 0 s gap inside a chunk
+    assert chunk_times(clock.arrivals(), 3) == [10.0, 20.0]  # a row that ended inside the second chunk
+    assert chunk_times(clock.arrivals(), 1) == [10.0]
+
+
+def test_prompt_lookup_itl_is_per_streamed_chunk(loaded):
+    # Greedy random:tiny with prompt lookup accepts several tokens at once on some of these 8 prompts.
+    cfg = config(max_input_tokens=64, max_output_tokens=24, dataset={"n": 8}, decoder={"do_sample": False, "min_new_tokens": 24},
+                 pytorch={"prompt_lookup_num_tokens": 3})  # fmt: skip
+    _, records = run(loaded, cfg)
+    assert all(r.output_tokens == 24 for r in records)
+    assert any(len(r.itl_ms) < r.output_tokens - 1 for r in records)  # some chunks carried several tokens
+    for r in records:
+        assert all(gap > 0 for gap in r.itl_ms)  # no 0 ms gap between tokens that arrived together
+        assert r.ttft_ms + sum(r.itl_ms) == pytest.approx(r.e2e_ms)
+
+
+def test_output_tokens_use_the_eos_of_the_generation_config_generate_uses(loaded):
+    # generate() stops at the generation config's EOS only; a tokenizer EOS it never reads must not cut the count.
+    import copy
+
+    cfg = config(max_output_tokens=6, decoder={"do_sample": False}, pytorch={"batch_size": 2})
+    generator = Generator(loaded, cfg)
+    batch = generator.batches(load_prompts(cfg, loaded.tokenizer))[0]
+    out = loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **generator.generate_kwargs)
+    emitted = out[0, batch.input_ids.shape[1] :].tolist()[1]
+    original_config, original_eos = copy.deepcopy(loaded.model.generation_config), loaded.tokenizer.eos_token
+    try:
+        loaded.model.generation_config.eos_token_id = None
+        loaded.tokenizer.eos_token = loaded.tokenizer.convert_ids_to_tokens(emitted)
+        generator = Generator(loaded, cfg)
+        assert generator.resolved_generation_config()["eos_token_id"] is None
+        records = generator.run_batch(batch)
+    finally:
+        loaded.model.generation_config = original_config
+        loaded.tokenizer.eos_token = original_eos
+    assert [r.output_tokens for r in records] == [6, 6]
+
+
+def test_batch_time_is_the_generate_call_shared_by_its_rows(loaded):
+    _, records = run(loaded, config(decoder={"min_new_tokens": 6}, pytorch={"batch_size": 2}))
+    for batch in (0, 1):
+        rows = [r for r in records if r.batch_index == batch]
+        assert len({r.batch_ms for r in rows}) == 1 and len({r.ttft_ms for r in rows}) == 1  # rows share both
+        assert all(r.e2e_ms <= r.batch_ms for r in rows)
+        assert rows[0].tpot_ms == pytest.approx((rows[0].e2e_ms - rows[0].ttft_ms) / 5)
+
+
+def test_prefill_only_generates_one_token_on_the_same_batches(loaded):
+    cfg = config(
+        max_output_tokens=6, decoder={"do_sample": False, "min_new_tokens": 6}, pytorch={"batch_size": 2, "cache_implementation": "static"}
+    )
+    generator = Generator(loaded, cfg)
+    prefill = generator.prefill_only()
+    assert generator.generate_kwargs["max_new_tokens"] == 6 and generator.generate_kwargs["min_new_tokens"] == 6  # untouched
+    without_min = {k: v for k, v in generator.generate_kwargs.items() if k != "min_new_tokens"}
+    assert prefill.generate_kwargs == {**without_min, "max_new_tokens": 1}
+    batches = generator.batches(load_prompts(cfg, loaded.tokenizer))
+    records = [r for b in batches for r in prefill.run_batch(b)]
+    assert [r.output_tokens for r in records] == [1, 1, 1, 1]
+    assert all(r.itl_ms == [] and r.tpot_ms is None and r.ttft_ms == r.e2e_ms <= r.batch_ms for r in records)

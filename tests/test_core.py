@@ -33,8 +33,8 @@ def test_measure_runs_without_mlflow_and_reports_every_phase(tmp_path):
     done = subprocess.run([sys.executable, "-c", CORE_ONLY, str(cfg)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     tokens, records, phases, heavy = json.loads(done.stdout.strip().splitlines()[-1])
-    assert tokens == 4 * 8 and records == 4
-    assert phases == ["environment", "load", "measure", "measure/2", "startup", "warmup"]
+    assert tokens == 4 * 8 and records == 2 * 4  # every trial's requests
+    assert phases == ["environment", "first_generate", "load", "measure", "measure/2", "startup", "warmup"]
     assert heavy == []  # plots, tables and MLflow belong to the reporter
 
 
@@ -44,6 +44,9 @@ def test_disabled_warmup_is_no_phase(mlflow_store, tmp_path):
 
     report = measure(load_config(str(write_config(tmp_path / "exp.yaml", warmup={"enabled": False}))), quiet=True)
     assert "warmup" not in report.durations_s and "time/warmup_s" not in report.metrics
+    # no phase, no memory figures either (nor for the disabled baseline); the cold start is still its own phase
+    assert not any(k.startswith(("memory/warmup_", "memory/baseline_")) for k in report.metrics)
+    assert report.metrics["memory/first_generate_peak_rss_mb"] > 0 and report.metrics["time/first_generate_s"] > 0
     assert report.metrics["time/measure_s"] > 0 and report.metrics["time/startup_s"] > 0
 
 
@@ -78,6 +81,8 @@ def test_registry_units_and_directions_follow_the_names():
     assert registry.unit("latency/itl_ms_p99") == "ms"
     assert registry.unit("throughput/input_tokens_per_s") == "tokens/s"
     assert registry.unit("memory/gpu_peak_allocated_mb") == "MiB"
+    assert registry.unit("latency/ttft_ms_cv") == "" and registry.unit("energy/j_per_output_token_cv") == ""  # a ratio
+    assert registry.unit("latency/ttft_ms_std") == "ms" and registry.unit("energy/j_per_decode_token") == "J/token"
     assert registry.direction("throughput/output_tokens_per_s") == "max"
     assert registry.direction("latency/e2e_ms_p90") == "min"
     assert registry.direction("model/params") is None

@@ -78,3 +78,70 @@ def test_j_per_output_token_is_positive_and_plausible():
     assert tags["llem.energy.gpu_method"] == "nvml_counter"
     assert "NVIDIA" in tags["llem.gpu.name"]
     assert tags["llem.device.type"] == "cuda"
+
+
+def test_prefill_decode_split_agrees_with_the_counter_read_at_step_edges(monkeypatch):
+    """Issue 13: decode energy by subtraction (measured window - prefill-only pass) against a split of the
+    measured window on its own timeline: the NVML counter read when each batch's first token reaches the
+    streamer (transformers copies it to the host first, so the GPU has finished that step) and at its last
+    token. GPU energy only (CodeCarbon off): the subtraction's GPU part is what the timeline can check."""
+    import pynvml
+
+    from llem_mlflow.bench import generation
+    from llem_mlflow.runner import Measurement
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(0).uuid}")
+    reads: list[tuple[float, int, float]] = []  # (monotonic s, put number within its generate() call, counter J)
+    plain_streamer = generation._streamer_class
+
+    def counting_streamer():
+        class CountingStreamer(plain_streamer()):
+            def put(self, value):
+                super().put(value)
+                reads.append((time.monotonic(), len(self.times), pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0))
+
+        return CountingStreamer
+
+    monkeypatch.setattr(generation, "_streamer_class", counting_streamer)
+    cfg = ExperimentConfig(
+        model="random:llama-3.2-1b",
+        precision="bf16",
+        max_input_tokens=1024,
+        max_output_tokens=32,
+        decoder={"preset": "deterministic", "min_new_tokens": 32},
+        dataset={"source": "synthetic", "synthetic_input_tokens": 1024, "n": 128},
+        pytorch={"batch_size": 16},
+        baseline={"enabled": False},
+        energy={"gpu": "nvml", "codecarbon": False, "sample_interval_ms": 50},
+        measure={"prefill_split": True},
+    )
+    measurement = Measurement(cfg, quiet=True)
+    try:
+        report = measurement.run()
+    finally:
+        measurement.cleanup()
+    start_s, end_s = report.energy.windows_s["measure"]
+    calls, current = [], []  # the counter at each put, per generate() call of the measured window
+    for t, put, joules in reads:
+        if put == 1 and current:
+            calls.append(current)
+            current = []
+        if start_s <= t <= end_s:
+            current.append(joules)
+    calls.append(current)
+    calls = [c for c in calls if c]
+    assert len(calls) == 128 // 16 and all(len(c) == 1 + 32 for c in calls)  # the prompt, then 32 tokens
+    timeline_decode_j = sum(c[-1] - c[1] for c in calls)  # first token's edge -> last token's edge
+    summary = report.energy.phases_summary
+    measured_j, prefill_j = sum(summary["measure"]["gpu_j"].values()), sum(summary["prefill"]["gpu_j"].values())
+    timeline_prefill_j = measured_j - timeline_decode_j
+    print(
+        f"measured {measured_j:.1f} J; subtraction: prefill {prefill_j:.1f} J, decode {measured_j - prefill_j:.1f} J; "
+        f"timeline: prefill {timeline_prefill_j:.1f} J, decode {timeline_decode_j:.1f} J; "
+        f"prefill pass {report.durations_s['prefill']:.2f} s, measured {report.durations_s['measure']:.2f} s"
+    )
+    assert report.metrics["energy/decode_j"] == pytest.approx(measured_j - prefill_j)  # GPU is the only source here
+    assert (measured_j - prefill_j) == pytest.approx(timeline_decode_j, rel=0.15)
+    assert 0.6 <= prefill_j / timeline_prefill_j <= 1.5
+    assert report.tags["llem.energy.total_sources"] == "gpu"

@@ -261,3 +261,25 @@ def test_empty_sections_mean_defaults(tmp_path):
     # every line of a section commented out leaves YAML null: no settings, not an error
     cfg = load_config(write(tmp_path, "model: m\npytorch:\n  # batch_size: 2\ndecoder:\ntags:\nregistry:\n"))
     assert cfg.pytorch.batch_size is None and cfg.decoder.top_k == 50 and cfg.tags == {} and cfg.registry is None
+
+
+@pytest.mark.parametrize("written", ["off", "Off", "no", "false", "'off'"])
+def test_unquoted_off_is_read_as_off_not_refused_as_false(tmp_path, written):
+    # Issue 11 item 11: YAML 1.1 reads an unquoted off/no/false as the boolean false.
+    cfg = load_config(write(tmp_path, f"model: random:tiny\nenergy: {{gpu: {written}}}\n"))
+    assert cfg.energy.gpu == "off"
+    assert load_config(write(tmp_path, "model: random:tiny\n", "o.yaml"), ("energy.gpu=off",)).energy.gpu == "off"
+
+
+def test_unquoted_on_names_the_modes_to_write(tmp_path):
+    message = load_error(write(tmp_path, "model: random:tiny\nenergy: {gpu: on}\n"))
+    assert "energy.gpu: YAML read on/yes/true as the boolean true, which names no mode here: write auto or nvml" in message
+
+
+def test_off_survives_the_params_round_trip(tmp_path):
+    from llem_mlflow.config.params import config_from_params, config_to_params
+
+    cfg = load_config(write(tmp_path, "model: random:tiny\nenergy: {gpu: off}\nmeasure: {prefill_split: true}\n"))
+    params = config_to_params(cfg)
+    assert params["energy.gpu"] == "off" and params["measure.prefill_split"] == "True"
+    assert config_from_params(params) == cfg

@@ -4,6 +4,8 @@ with a truthful status, and a meter that fails never stops the benchmark.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from helpers import (
     all_runs,
     artifact_json,
     artifact_paths,
+    artifact_text,
     assert_failed_with,
     before_batch,
     only_run,
@@ -28,13 +31,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_store, tmp_path, capsys, monkeypatch):
-    # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3 (after 1 warmup batch).
+    # 3 batches of 2 prompts; torch's OutOfMemoryError is raised before measured batch 3 (after the first
+    # generate() and 1 warmup batch).
     import torch
 
     def out_of_memory() -> None:
         raise torch.OutOfMemoryError("injected for a test before measured batch 3")
 
-    before_batch(monkeypatch, 1 + 3, out_of_memory)
+    before_batch(monkeypatch, 2 + 3, out_of_memory)
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 6}, energy={"codecarbon": True})
     code = launch(str(cfg), quiet=True)
     err = capsys.readouterr().err
@@ -55,6 +59,28 @@ def test_out_of_memory_keeps_finished_batches_and_hints_at_batch_size(mlflow_sto
     # the energy window the fault cut short was closed at the fault and kept, and says so
     assert m["energy/cpu_j"] > 0 and m["energy/j_per_output_token"] > 0
     assert "finished before the failure" in run.data.tags["llem.partial"]
+
+
+def test_a_failure_in_trial_2_keeps_its_finished_batches(mlflow_store, tmp_path, monkeypatch):
+    """Issue 11 item 9: trial 1 finished, trial 2 fails before its second batch. The figures are trial 1's;
+    trial 2's finished requests are in requests.csv with their trial number."""
+
+    def fault() -> None:
+        raise RuntimeError("injected before trial 2's second batch")
+
+    before_batch(monkeypatch, 2 + 2 + 2, fault)  # first generate() + warmup, trial 1's 2 batches, trial 2's 2nd
+    cfg = write_config(tmp_path / "exp.yaml", n_trials=2)
+    assert launch(str(cfg), quiet=True) == EXIT_FAULT
+    run = only_run()
+    assert_failed_with(run, "injected before trial 2")
+    assert run.data.tags["llem.failed_phase"] == "measure/2"
+    assert run.data.tags["llem.partial"] == "metrics cover the 1 finished trial(s); trial 2 stopped after 2 request(s), kept in requests.csv"
+    results = artifact_json(run.info.run_id, "results.json")
+    assert (results["requests_completed"], results["trials_completed"]) == (4 + 2, 1)
+    rows = list(csv.DictReader(io.StringIO(artifact_text(run.info.run_id, "requests.csv"))))
+    assert [(int(r["trial"]), int(r["request_index"])) for r in rows] == [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1)]
+    m = run.data.metrics
+    assert m["tokens/output_total"] == 4 * 8 and m["time/measure_s"] == results["trials"][0]["time/measure_s"]
 
 
 def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_path):
@@ -100,7 +126,7 @@ def _wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> No
             pytest.fail(f"the run ended before it could be interrupted ({process.returncode}):\n{err[-3000:]}")
         runs = all_runs()
         if runs and "llem.device.type" in runs[0].data.tags:
-            time.sleep(2)  # warmup (one batch) and the start of measure
+            time.sleep(4)  # the first generate(), warmup (one batch) and the start of measure
             return
         time.sleep(0.5)
     pytest.fail("the run did not reach the measure phase in time")
@@ -130,7 +156,7 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
             gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
         monkeypatch.setattr(codecarbon.OfflineEmissionsTracker, "stop", failing_stop)
 
-    before_batch(monkeypatch, 1 + 1, meters_break)  # from the first measured batch on
+    before_batch(monkeypatch, 2 + 1, meters_break)  # from the first measured batch on
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "sample_interval_ms": 50})
     code = launch(str(cfg), quiet=True)
     assert code == EXIT_OK, capsys.readouterr().err[-3000:]

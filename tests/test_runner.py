@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import statistics
 
 import pytest
-from helpers import only_run, write_config
+from helpers import artifact_json, artifact_paths, artifact_text, only_run, write_config
 from mlflow import MlflowClient
 
 from llem_mlflow.launch import launch
 
 
 def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path):
-    cfg = write_config(tmp_path / "exp.yaml", n_trials=3, energy={"codecarbon": True})
+    cfg = write_config(tmp_path / "exp.yaml", n_trials=3, energy={"codecarbon": True}, cooldown={"enabled": True})
     assert launch(str(cfg), experiment_name="trials", quiet=True) == 0
     run = only_run("trials")
     client = MlflowClient()
@@ -31,6 +33,17 @@ def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path
     assert "time/baseline_s" not in m  # baseline disabled: no phase ran, a tag says so
     assert run.data.tags["llem.energy.baseline"].startswith("skipped")
     assert m["tokens/output_total"] == 4 * 8
+    # cool-down on, no GPU: the tag saying it was skipped reaches the run (issue 11 item 8)
+    assert run.data.tags["llem.cooldown"].startswith("skipped: no GPU baseline temperature")
+    # every trial's requests are in requests.csv and the latency plot (issue 11 item 9)
+    rows = list(csv.DictReader(io.StringIO(artifact_text(run.info.run_id, "requests.csv"))))
+    assert [int(r["trial"]) for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    assert [int(r["request_index"]) for r in rows] == [0, 1, 2, 3] * 3
+    assert all(float(r["ttft_ms"]) <= float(r["e2e_ms"]) <= float(r["batch_ms"]) for r in rows)
+    assert all(float(r["tpot_ms"]) > 0 for r in rows)
+    results = artifact_json(run.info.run_id, "results.json")
+    assert (results["requests_completed"], results["trials_completed"]) == (12, 3)
+    assert "plots/latency.png" in artifact_paths(run.info.run_id)
     # the MLflow UI opens this experiment on its runs table, not the GenAI traces view
     assert client.get_experiment_by_name("trials").tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["mlflow.source.name"] == "llem-mlflow run"

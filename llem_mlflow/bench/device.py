@@ -11,24 +11,9 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def reset_gpu_peak_memory(gpu_indices: list[int]) -> None:
-    if gpu_indices:
-        import torch
-
-        for index in gpu_indices:
-            torch.cuda.reset_peak_memory_stats(index)
-
-
 def gpu_memory_metrics(loaded) -> dict[str, float]:
-    """Peak allocated over the measured trials and the model's own size, GPU runs only."""
-    if not loaded.gpu_indices:
+    """The model's own size on its GPUs (GPU runs only; the peaks per phase are bench/memory.py's)."""
+    if not loaded.gpu_indices or not hasattr(loaded.model, "get_memory_footprint"):
         return {}
-    import torch
-
-    mb = 1024.0 * 1024.0
-    peak = sum(torch.cuda.max_memory_allocated(i) for i in loaded.gpu_indices) / mb
-    model_bytes = loaded.model.get_memory_footprint() if hasattr(loaded.model, "get_memory_footprint") else None
-    out = {"memory/gpu_peak_allocated_mb": peak}
-    if model_bytes:
-        out["memory/gpu_model_mb"] = model_bytes / mb
-    return out
+    model_bytes = loaded.model.get_memory_footprint()
+    return {"memory/gpu_model_mb": model_bytes / (1024.0 * 1024.0)} if model_bytes else {}

@@ -1,14 +1,18 @@
 """Timed, batched generation: one RequestRecord per prompt.
 
-A streamer timestamps every generation step, which gives each request its
-time to first token, inter-token latencies and end-to-end latency (the
-arrival of its last token, counted from just before generate() was called).
-Beam search cannot stream: then only the batch's end-to-end time is measured,
-and ttft_ms is None, itl_ms empty.
+A streamer timestamps every chunk of new tokens generate() streams, which
+gives each request its time to first token (shared by the rows of a batch:
+they get their first token from the same step), inter-token latencies (gaps
+between the chunks that carry its tokens: one token per step, or several
+accepted at once with prompt lookup) and end-to-end latency (the arrival of its
+own last token), all counted from just before generate() was called. Beam
+search cannot stream: then only the batch's generate() call is measured, and
+ttft_ms is None, itl_ms empty.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +52,18 @@ class RequestRecord:
     input_tokens: int
     output_tokens: int  # up to and including the first EOS; padding excluded
     ttft_ms: float | None
-    itl_ms: list[float]
-    e2e_ms: float
+    itl_ms: list[float]  # gaps between the streamed chunks that carry its tokens
+    e2e_ms: float  # the arrival of its own last token (under beam search: the generate() call)
     text: str | None = None
+    batch_ms: float | None = None  # its batch's generate() call, start to end (synchronized)
+    trial: int = 1  # the measured trial it belongs to (set by the runner)
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """Time per output token after the first: (e2e - ttft) / (n - 1); None for n < 2 or without TTFT."""
+        if self.ttft_ms is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
 
 
 def build_generate_kwargs(cfg, pad_token_id: int | None) -> dict[str, Any]:
@@ -86,13 +99,25 @@ class StepClock:
     def end(self) -> None:
         pass
 
-    def token_times(self) -> list[float]:
-        """Arrival time of each new token position (the first put is the prompt)."""
-        out: list[float] = []
+    def arrivals(self) -> list[tuple[float, int]]:
+        """(arrival time, new tokens per row so far) for each streamed chunk (the first put is the prompt)."""
+        out: list[tuple[float, int]] = []
+        count = 0
         for t, chunk in zip(self.times[1:], self.chunks[1:]):
             # [rows] for one step; [1, k] when prompt lookup accepts k tokens at once.
-            out.extend([t] * (chunk.shape[-1] if chunk.dim() == 2 else 1))
+            count += chunk.shape[-1] if chunk.dim() == 2 else 1
+            out.append((t, count))
         return out
+
+
+def chunk_times(arrivals: list[tuple[float, int]], n_tokens: int) -> list[float]:
+    """Arrival times of the chunks that carry a row's first `n_tokens` tokens (at least the first chunk)."""
+    times = []
+    for t, count in arrivals:
+        times.append(t)
+        if count >= n_tokens:
+            break
+    return times
 
 
 def _streamer_class():
@@ -109,19 +134,29 @@ class Generator:
         self.generate_kwargs = build_generate_kwargs(cfg, loaded.tokenizer.pad_token_id)
         self.streams = (cfg.pytorch.num_beams or 1) == 1
         self._streamer_cls = _streamer_class() if self.streams else None
-        self._eos_ids = self._eos_token_ids()
+        self._eos_ids = eos_token_ids(self._generation_config())
 
-    def resolved_generation_config(self) -> dict[str, Any]:
-        """The GenerationConfig generate() builds from the model's defaults and our kwargs (JSON-safe)."""
-        import copy
-
+    def _generation_config(self) -> Any:
+        """The GenerationConfig generate() builds from the model's defaults and our kwargs."""
         model = self.loaded.model
         try:
-            config = model._prepare_generation_config(None, **self.generate_kwargs)[0]
+            return model._prepare_generation_config(None, **self.generate_kwargs)[0]
         except (AttributeError, TypeError):  # private API changed: same merge, done by hand
             config = copy.deepcopy(model.generation_config)
             config.update(**self.generate_kwargs)
-        return json_safe(config.to_dict())
+            return config
+
+    def resolved_generation_config(self) -> dict[str, Any]:
+        """The GenerationConfig generate() uses (JSON-safe): what resolved.json shows."""
+        return json_safe(self._generation_config().to_dict())
+
+    def prefill_only(self) -> Generator:
+        """The same batches, padding, cache and decoding settings, one new token per request: the
+        prefill pass of measure.prefill_split."""
+        twin = copy.copy(self)
+        kwargs = {k: v for k, v in self.generate_kwargs.items() if k != "min_new_tokens"}
+        twin.generate_kwargs = {**kwargs, "max_new_tokens": 1}
+        return twin
 
     def batches(self, prompts) -> list[Batch]:
         """Tokenized batches in prompt order: truncated to max_input_tokens, left-padded."""
@@ -167,17 +202,18 @@ class Generator:
             synchronize()
             end = time.perf_counter()
         new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
-        token_times = clock.token_times() if clock else []
+        arrivals = clock.arrivals() if clock else []
+        batch_ms = (end - start) * 1000
         records = []
         for row, tokens in enumerate(new_tokens):
             n_out = self._count_output(tokens)
-            if token_times:
-                times = token_times[: max(n_out, 1)]
+            if arrivals:
+                times = chunk_times(arrivals, n_out)
                 ttft = (times[0] - start) * 1000
                 itl = [(b - a) * 1000 for a, b in zip(times, times[1:])]
                 e2e = (times[-1] - start) * 1000
             else:
-                ttft, itl, e2e = None, [], (end - start) * 1000
+                ttft, itl, e2e = None, [], batch_ms
             text = None
             if self.cfg.save_generated_text:
                 text = self.loaded.tokenizer.decode(tokens[:n_out], skip_special_tokens=True)
@@ -192,6 +228,7 @@ class Generator:
                     itl_ms=itl,
                     e2e_ms=e2e,
                     text=text,
+                    batch_ms=batch_ms,
                 )
             )
         return records
@@ -203,11 +240,14 @@ class Generator:
                 return i + 1
         return len(tokens)
 
-    def _eos_token_ids(self) -> frozenset[int]:
-        eos = self.loaded.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.loaded.tokenizer.eos_token_id
-        if eos is None:
-            return frozenset()
-        return frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
+
+def eos_token_ids(generation_config: Any) -> frozenset[int]:
+    """The ids generate() stops a row at: those of the generation config it uses (not the
+    tokenizer's, which generate() does not read)."""
+    eos = generation_config.eos_token_id
+    if eos is None:
+        return frozenset()
+    if hasattr(eos, "tolist"):  # a tensor, once generate() has prepared it
+        eos = eos.tolist()
+    return frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
 

@@ -3,36 +3,50 @@
 from __future__ import annotations
 
 import math
-import resource
 from collections.abc import Iterable, Sequence
+
+from llem_mlflow.stats import sample_std
 
 PERCENTILES = (50, 90, 95, 99)
 
 
 def latency_metrics(records: Sequence) -> dict[str, float]:
-    """latency/{ttft,itl,e2e}_ms_{mean,p50,p90,p95,p99} and tokens/{input,output}_total.
+    """latency/{ttft,itl,tpot,e2e,batch}_ms_* and tokens/{input,output}_total.
 
-    A latency that was not measured (TTFT/ITL under beam search) has no keys at all.
+    A latency that was not measured (TTFT/ITL/TPOT under beam search, TPOT of one-token
+    requests) has no keys at all. `batch` is one value per generate() call, not per request.
     """
     if not records:
         return {}
     metrics: dict[str, float] = {}
     metrics.update(summarize("latency/ttft_ms", [r.ttft_ms for r in records if r.ttft_ms is not None]))
     metrics.update(summarize("latency/itl_ms", [gap for r in records for gap in r.itl_ms]))
+    metrics.update(summarize("latency/tpot_ms", [r.tpot_ms for r in records if r.tpot_ms is not None]))
     metrics.update(summarize("latency/e2e_ms", [r.e2e_ms for r in records]))
+    calls = {(r.trial, r.batch_index): r.batch_ms for r in records if r.batch_ms is not None}
+    metrics.update(summarize("latency/batch_ms", calls.values()))
     metrics["tokens/input_total"] = float(sum(r.input_tokens for r in records))
     metrics["tokens/output_total"] = float(sum(r.output_tokens for r in records))
     return metrics
 
 
 def summarize(prefix: str, values: Iterable[float]) -> dict[str, float]:
-    """{prefix}_mean and {prefix}_p50..p99; empty when there are no values."""
+    """{prefix}_mean, _p50.._p99 and the spread _std (n - 1) and _cv (std / mean); empty without values.
+
+    One value has no spread: _std and _cv are then absent (as is _cv for a mean of 0)."""
     ordered = sorted(values)
     if not ordered:
         return {}
-    out = {f"{prefix}_mean": math.fsum(ordered) / len(ordered)}
+    n = len(ordered)
+    mean = math.fsum(ordered) / n
+    out = {f"{prefix}_mean": mean}
     for q in PERCENTILES:
         out[f"{prefix}_p{q}"] = percentile(ordered, q)
+    if n > 1:
+        std = sample_std(ordered, mean)
+        out[f"{prefix}_std"] = std
+        if mean != 0:
+            out[f"{prefix}_cv"] = std / abs(mean)
     return out
 
 
@@ -55,8 +69,3 @@ def flops_per_output_token(loaded) -> float:
 
 def model_metrics(loaded) -> dict[str, float]:
     return {"flops/per_output_token": float(flops_per_output_token(loaded)), "model/params": float(loaded.n_params)}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -141,6 +141,26 @@ class EnergyConfig(ConfigSection):
     )
     sample_interval_ms: int = Field(default=100, ge=10, le=10_000, description="Power sampler period in milliseconds")
 
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted off, no or false as the boolean false: the user meant "off".
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError("YAML read on/yes/true as the boolean true, which names no mode here: write auto or nvml")
+        return value
+
+
+class MeasureConfig(ConfigSection):
+    """What the measured phase covers beyond the measured batches themselves."""
+
+    prefill_split: bool = Field(
+        default=False,
+        description="After each measured trial, a prefill-only pass (one new token) over the same batches in its own "
+        "energy window: prefill and decode energy",
+    )
+
 
 class CooldownConfig(ConfigSection):
     """Wait between trials until the GPU is back near its baseline temperature."""
@@ -180,6 +200,7 @@ class ExperimentConfig(ConfigSection):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     registry: RegistryConfig | None = None
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the MLflow run")

@@ -44,6 +44,9 @@ from llem_mlflow.errors import EnergyError
 
 log = logging.getLogger(__name__)
 
+# Windows whose figures are published: they get the validity checks (measured trials, prefill passes).
+CHECKED_PHASES = ("measure", "prefill")
+
 
 @dataclass
 class EnergyRecord:
@@ -174,7 +177,7 @@ class EnergyMonitor:
         gpu_error, start_s = None, time.monotonic()  # before the GPU edge, so its power tick is inside
         if self._gpu is not None:
             self._sampler.start()
-            if phase.startswith("measure"):
+            if phase.startswith(CHECKED_PHASES):
                 self._pids_at_begin = {d.target.cuda_index: running_pids(self._nvml, d) for d in self._devices}
             try:
                 self._gpu.begin()
@@ -207,7 +210,7 @@ class EnergyMonitor:
                 reading.host = self._codecarbon.end()
             except CodeCarbonUnavailable as exc:
                 reading.host_reason = str(exc)
-        if phase.startswith("measure"):
+        if phase.startswith(CHECKED_PHASES):
             reading.warnings = self._window_warnings(reading, start_s)
         self._readings[phase] = reading
         self._phases[phase] = (start_ms, reading.end_ms)
@@ -279,7 +282,7 @@ class EnergyMonitor:
                 m["energy/j_per_request"] = total_j / requests
         if dynamic_j is not None and output_tokens > 0:
             m["energy/dynamic_j_per_output_token"] = dynamic_j / output_tokens
-        for phase in ("load", "warmup"):
+        for phase in ("load", "first_generate", "warmup"):
             phase_j = self._readings[phase].total_j if phase in self._readings else None
             if phase_j is not None:
                 m[f"energy/{phase}_j"] = phase_j
@@ -303,9 +306,10 @@ class EnergyMonitor:
         if self._sampler is not None and self._sampler.error:
             tags["llem.energy.sampler"] = self._sampler.error
         tags.update(self._gpu_tags())
-        for reading in measured:
+        checked = [r for phase, r in self._readings.items() if phase.startswith(CHECKED_PHASES)]
+        for reading in checked:
             for name, text in reading.warnings.items():
-                prefix = "" if len(measured) == 1 else f"{reading.phase}: "
+                prefix = "" if len(checked) == 1 else f"{reading.phase}: "
                 key = f"llem.warning.{name}"
                 tags[key] = f"{tags[key]} | {prefix}{text}" if key in tags else f"{prefix}{text}"
         return {k: v[:5000] for k, v in tags.items()}  # MLflow's tag value limit is generous, but not infinite
@@ -349,6 +353,17 @@ class EnergyMonitor:
     def sampled_energy_j(self, phase: str) -> float | None:
         """Cross-check: sampled power integrated over a finished phase, all GPUs (None without samples)."""
         return self.record().sampled_energy_j(phase)
+
+    def peak_memory_used_mb(self, phase: str) -> float | None:
+        """NVML's used memory (whole boards, every process), highest sampled tick summed over the
+        measured GPUs, over a finished phase; None without samples of it."""
+        if self._sampler is None or phase not in self._windows_s:
+            return None
+        ticks: dict[float, float] = {}
+        for s in samples_in(self._sampler.samples, *self._windows_s[phase]):
+            if s.memory_used_mb is not None:
+                ticks[s.monotonic_s] = ticks.get(s.monotonic_s, 0.0) + s.memory_used_mb
+        return max(ticks.values()) if ticks else None
 
     def timeline(self) -> dict[str, list[tuple[int, float]]]:
         return metric_histories(self._sampler.samples) if self._sampler is not None else {}

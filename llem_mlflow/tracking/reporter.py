@@ -29,7 +29,10 @@ from llem_mlflow.errors import LlemError, TrackingError
 from llem_mlflow.report import Report
 
 MAX_ERROR_TAG = 5000
-REQUEST_COLUMNS = ["request_index", "batch_index", "prompt_index", "input_tokens", "output_tokens", "ttft_ms", "e2e_ms", "itl_ms_mean", "text"]
+REQUEST_COLUMNS = [
+    "trial", "request_index", "batch_index", "prompt_index", "input_tokens", "output_tokens",
+    "ttft_ms", "tpot_ms", "e2e_ms", "batch_ms", "itl_ms_mean", "text",
+]  # fmt: skip
 
 
 class ReporterError(Exception):
@@ -218,32 +221,37 @@ def write_request_table(records: list[Any], path: Path) -> None:
             row = asdict(r)
             itl = row.pop("itl_ms")
             row["itl_ms_mean"] = sum(itl) / len(itl) if itl else None
+            row["tpot_ms"] = r.tpot_ms
             writer.writerow({c: row.get(c) for c in REQUEST_COLUMNS})
 
 
 def plot_latency(records: list[Any], path: Path) -> Path | None:
-    """TTFT and end-to-end latency per request (histograms)."""
+    """TTFT and end-to-end latency per request (histograms), one series per trial."""
     if not records:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
     from matplotlib.figure import Figure
 
-    ttft = [r.ttft_ms for r in records if r.ttft_ms is not None]
-    e2e = [r.e2e_ms for r in records]
+    trials = sorted({r.trial for r in records})
+    ttft = [[r.ttft_ms for r in records if r.trial == t and r.ttft_ms is not None] for t in trials]
+    e2e = [[r.e2e_ms for r in records if r.trial == t] for t in trials]
+    labels = [f"trial {t}" for t in trials]
     figure = Figure(figsize=(10, 4))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
-    if ttft:
-        axes[0].hist(ttft, bins=30, color="tab:blue")
+    if any(ttft):
+        axes[0].hist(ttft, bins=30, label=labels)
         axes[0].set_title("Time to first token")
     else:
         axes[0].text(0.5, 0.5, "TTFT not measured\n(beam search)", ha="center", va="center")
     axes[0].set_xlabel("ms")
-    axes[1].hist(e2e, bins=30, color="tab:orange")
+    axes[1].hist(e2e, bins=30, label=labels)
     axes[1].set_title("End-to-end latency")
     axes[1].set_xlabel("ms")
     for ax in axes:
         ax.set_ylabel("requests")
+        if len(trials) > 1 and ax.has_data():
+            ax.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path
