@@ -160,10 +160,12 @@ class Measurement:
 
         phase = trial_phase("measure", trial)
         records: list[RequestRecord] = []
+        ran: list[Batch] = []  # the batches the window ran, in order: what its prefill-only pass repeats
         self.listener.before_window()
         with self.phase(phase, trial=True) as window:
             with progress(len(batches), f"measure {trial}/{self.cfg.n_trials}", self.quiet) as advance:
                 for batch in batches:
+                    ran.append(batch)
                     done = generator.run_batch(batch)
                     for record in done:
                         record.trial = trial
@@ -179,12 +181,13 @@ class Measurement:
             metrics.update(self.monitor.metrics(window.energy, int(metrics.get("tokens/output_total", 0)), len(records)))
         self.report.trial_metrics.append(metrics)  # the trial is done: a failure in its prefill pass keeps it
         if self.cfg.measure.prefill_split:
-            metrics.update(self.run_prefill(trial, generator, batches, records, window.energy))
+            metrics.update(self.run_prefill(trial, generator, ran, records, window.energy))
 
     def run_prefill(
         self, trial: int, generator: Generator, batches: list[Batch], measured: list[RequestRecord], energy: PhaseEnergy | None
     ) -> dict[str, float]:
-        """The prefill-only pass of a trial (one new token, same batches) and the prefill/decode split."""
+        """The prefill-only pass of a trial (one new token; the batches its measured window ran, in the
+        same order and as many times) and the prefill/decode split."""
         from llem_mlflow.bench.stats import summarize
         from llem_mlflow.energy.split import prefill_decode_split
 

@@ -78,6 +78,15 @@ def test_j_per_output_token_is_positive_and_plausible():
     assert tags["llem.energy.gpu_method"] == "nvml_counter"
     assert "NVIDIA" in tags["llem.gpu.name"]
     assert tags["llem.device.type"] == "cuda"
+    # memory per phase (issue 13): torch's peaks reset at each phase, NVML's used memory from the sampler
+    for phase in ("load", "first_generate", "warmup", "measure"):
+        allocated, reserved = m[f"memory/{phase}_gpu_peak_allocated_mb"], m[f"memory/{phase}_gpu_peak_reserved_mb"]
+        assert 0 < allocated <= reserved, phase
+        if phase != "load":  # generate() never empties torch's cache: the board holds the reserved pool at the end tick
+            assert reserved <= m[f"memory/{phase}_gpu_peak_used_mb"], phase
+    assert m["memory/load_gpu_peak_allocated_mb"] >= 0.9 * m["memory/gpu_model_mb"]  # the weights arrive in the load
+    assert m["memory/gpu_peak_allocated_mb"] == m["memory/measure_gpu_peak_allocated_mb"]  # one trial
+    assert m["time/first_generate_s"] > 0 and m["energy/first_generate_j"] > 0 and m["latency/first_ttft_ms"] > 0
 
 
 def test_prefill_decode_split_agrees_with_the_counter_read_at_step_edges(monkeypatch):
