@@ -17,22 +17,47 @@ import click
 @click.option("--experiment-name", default=None, help="MLflow experiment (created if missing).")
 @click.option("--experiment-id", default=None, help="MLflow experiment id (instead of --experiment-name).")
 @click.option("--quiet", is_flag=True, help="Do not echo each point's own output.")
-def sweep(study_file: str, dry_run: bool, experiment_name: str | None, experiment_id: str | None, quiet: bool) -> None:
+@click.option("--executor", default="", help="local (one point at a time) or ray (points in parallel on a Ray cluster); default: the study's execution.executor.")
+@click.option("--ray-address", default="", help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:10001); default: a local Ray instance.")
+@click.option("--gpus-per-point", default="", help="Whole GPUs each point gets on Ray (0: none).")
+@click.option("--max-concurrent", default="", help="At most this many points at once on Ray.")
+def sweep(
+    study_file: str,
+    dry_run: bool,
+    experiment_name: str | None,
+    experiment_id: str | None,
+    quiet: bool,
+    executor: str,
+    ray_address: str,
+    gpus_per_point: str,
+    max_concurrent: str,
+) -> None:
     """Run a study: a grid or list of experiments, one MLflow child run per point.
 
     Re-running the same study in the same experiment resumes it: only points
     without a FINISHED run are run. Exit code 0 when every point finished, 1
     when some failed (they are recorded; run again to retry them), 2 on a bad
-    study file, 130 on Ctrl-C.
+    study file, 130 on Ctrl-C. Empty option values (MLproject's defaults) keep
+    the study file's `execution:` settings.
     """
+    import dataclasses
+    import os
+
     from llem_mlflow.errors import ConfigError
+    from llem_mlflow.sweep.execution import check_tracking_reachable, with_options
     from llem_mlflow.sweep.study import load_study
 
     if experiment_name and experiment_id:
         raise ConfigError("give --experiment-name or --experiment-id, not both")
     study = load_study(study_file)
+    execution = with_options(study.execution, executor, ray_address, gpus_per_point, max_concurrent)
+    study = dataclasses.replace(study, execution=execution)
     for line in plan_lines(study):
         click.echo(line)
+    if study.execution.executor == "ray":
+        from mlflow import get_tracking_uri
+
+        check_tracking_reachable(study.execution, get_tracking_uri(), os.environ.get("RAY_ADDRESS"))
     if dry_run:
         return
 
@@ -60,4 +85,6 @@ def plan_lines(study) -> list[str]:
         lines.append(f"  run   {point.name}  [{point.config_hash}]")
     for skip in study.skipped:
         lines.append(f"  skip  {skip.name}: {skip.reason}")
+    if study.execution.executor != "local":
+        lines.append(study.execution.describe())
     return lines

@@ -11,8 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The session-wide real `mlflow server` fixture (tests/mlflow_server.py).
-pytest_plugins = ["mlflow_server"]
+# Session-wide fixtures: a real `mlflow server` (tests/mlflow_server.py) and a local Ray cluster
+# with fake GPUs (tests/ray_cluster.py), each started once, on loopback only.
+pytest_plugins = ["mlflow_server", "ray_cluster"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -20,6 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Ray: never join a configured cluster; a local one takes 127.0.0.1 as its address (read at `import ray`).
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

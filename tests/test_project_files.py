@@ -20,7 +20,24 @@ def test_conda_yaml_pins_python_and_the_same_pip_dependencies():
     assert any(isinstance(d, str) and d.replace(" ", "").startswith("python>=3.11") for d in deps)
     pip_lists = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
     assert len(pip_lists) == 1
-    assert sorted(pip_lists[0]) == sorted(_pyproject()["project"]["dependencies"])
+    project = _pyproject()["project"]
+    # The MLproject environment also holds the `ray` extra: the sweep entry point takes -P executor=ray.
+    assert sorted(pip_lists[0]) == sorted(project["dependencies"] + project["optional-dependencies"]["ray"])
+
+
+def test_ray_is_an_optional_extra_that_the_tests_install():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert extras["ray"] == ["ray>=2.50,<3"]
+    assert set(extras["ray"]) <= set(extras["test"])  # CI installs .[test], so the Ray tests run there
+    assert not any(dep.startswith("ray") for dep in _pyproject()["project"]["dependencies"])
+
+
+def test_sweep_entry_point_passes_the_execution_options():
+    sweep = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
+    for name, option in [("executor", "--executor"), ("ray_address", "--ray-address"),
+                         ("gpus_per_point", "--gpus-per-point"), ("max_concurrent", "--max-concurrent")]:  # fmt: skip
+        assert sweep["parameters"][name] == {"type": "string", "default": ""}  # empty: the study file decides
+        assert f"{option} {{{name}}}" in sweep["command"]
 
 
 def test_mlproject_entry_points_call_the_package_cli():

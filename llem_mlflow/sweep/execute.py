@@ -9,16 +9,12 @@ could is marked FAILED here.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llem_mlflow.sweep.resume import (
@@ -32,15 +28,13 @@ from llem_mlflow.sweep.resume import (
     earlier_parents,
     finished_counts,
 )
+from llem_mlflow.sweep.child import ChildSpec, child_env, run_child
 from llem_mlflow.sweep.study import Point, Study
 from llem_mlflow.tracking.run import RunLogger
 
-RUN_ID_LINE = re.compile(r"run_id:\s*([0-9a-f]{32})\b")
 FAILURE_TAG = "llem.sweep.failure_reason"
 EXIT_CODE_TAG = "llem.sweep.exit_code"
-# Environment a child must not inherit: under `mlflow run` MLFLOW_RUN_ID names the parent,
-# and a child that saw it would resume the parent instead of creating its own run.
-PARENT_ONLY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+EXECUTOR_TAG = "llem.sweep.executor"
 
 
 @dataclass(frozen=True)
@@ -80,28 +74,28 @@ def run_study(
     echo: Callable[[str], None] = print,
     quiet: bool = False,
 ) -> StudyResult:
-    """Run the points of the study that have not finished yet, then summarise it on the parent."""
+    """Run the points of the study that have not finished yet, then summarise it on the parent.
+
+    The executor (study.execution) is ready before the parent exists: a Ray cluster that cannot run
+    a point is refused without leaving a run behind.
+    """
+    from mlflow import get_tracking_uri
     from mlflow.tracking import MlflowClient
 
+    from llem_mlflow.sweep.execution import check_tracking_reachable
     from llem_mlflow.sweep.summary import summarise
 
+    check_tracking_reachable(study.execution, get_tracking_uri(), os.environ.get("RAY_ADDRESS"))
     client = MlflowClient()
-    parent_id, experiment_id = open_parent(client, study, experiment_name, experiment_id, echo)
-    done = finished_counts(client, experiment_id, parent_id)
-    todo = study.schedule(done)
-    skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
-    echo(f"parent run {parent_id} (experiment {experiment_id}): {len(todo)} run(s) to go, {skipped_done} already finished")
-
-    sweep = StudyRun(client, study, parent_id, experiment_id)
-    runs: list[PointRun] = []
-    with tempfile.TemporaryDirectory(prefix="llem-sweep-") as workdir:
+    with make_executor(study, echo, quiet) as executor:
+        parent_id, experiment_id = open_parent(client, study, experiment_name, experiment_id, echo)
         try:
-            for i, (point, repeat) in enumerate(todo, start=1):
-                label = sweep.run_name(point, repeat)
-                echo(f"[{i}/{len(todo)}] {label}")
-                result = run_point(sweep, point, repeat, Path(workdir), echo, quiet)
-                runs.append(result)
-                echo(f"[{i}/{len(todo)}] {label}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+            executor.record(client, parent_id)
+            done = finished_counts(client, experiment_id, parent_id)
+            todo = study.schedule(done)
+            skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
+            echo(f"parent run {parent_id} (experiment {experiment_id}): {len(todo)} run(s) to go, {skipped_done} already finished")
+            runs = executor.run(StudyRun(client, study, parent_id, experiment_id), todo, echo, quiet)
         except KeyboardInterrupt:
             _end_parent(client, parent_id, "KILLED")
             raise
@@ -119,6 +113,37 @@ def run_study(
         client.set_tag(parent_id, "llem.sweep.incomplete", "some points have no FINISHED run; run the study again to retry them")
     _end_parent(client, parent_id, "FINISHED" if complete else "FAILED")
     return StudyResult(parent_id, experiment_id, runs, complete)
+
+
+def make_executor(study: Study, echo: Callable[[str], None], quiet: bool) -> Any:
+    """The study's executor, as a context manager (Ray connects on entry; only the Ray executor imports ray)."""
+    if study.execution.executor == "ray":
+        from llem_mlflow.sweep.ray_executor import RayExecutor
+
+        return RayExecutor(study.execution, echo, quiet)
+    return LocalExecutor()
+
+
+class LocalExecutor(contextlib.AbstractContextManager):
+    """One point after another, each in a fresh process on this machine."""
+
+    name = "local"
+
+    def record(self, client: Any, parent_id: str) -> None:
+        RunLogger(client, parent_id).set_tags({EXECUTOR_TAG: self.name})
+
+    def run(self, sweep: StudyRun, todo: list[tuple[Point, int]], echo: Callable[[str], None], quiet: bool) -> list[PointRun]:
+        runs: list[PointRun] = []
+        for i, (point, repeat) in enumerate(todo, start=1):
+            label = sweep.run_name(point, repeat)
+            echo(f"[{i}/{len(todo)}] {label}")
+            result = run_point(sweep, point, repeat, echo, quiet)
+            runs.append(result)
+            echo(f"[{i}/{len(todo)}] {label}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+        return runs
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 def open_parent(
@@ -197,47 +222,47 @@ def plan_dict(study: Study) -> dict[str, Any]:
 
 
 def run_point(
-    sweep: StudyRun, point: Point, repeat: int, workdir: Path, echo: Callable[[str], None], quiet: bool = False
+    sweep: StudyRun, point: Point, repeat: int, echo: Callable[[str], None], quiet: bool = False
 ) -> PointRun:
-    """One child run in a fresh process; its outcome read back from MLflow."""
+    """One child run in a fresh process on this machine; its outcome read back from MLflow."""
+    spec = point_spec(sweep, point, repeat)
+    on_line = None if quiet else (lambda line: echo(f"    {line}"))
+    out = run_child(spec, child_env(os.environ), on_line=on_line)
+    return record_outcome(sweep, point, repeat, out.run_id, out.exit_code, out.tail, extra_tags={EXECUTOR_TAG: "local"})
+
+
+def point_spec(sweep: StudyRun, point: Point, repeat: int) -> ChildSpec:
+    """What one point's process is given, whichever executor starts it."""
     from llem_mlflow.config.params import config_to_yaml
 
-    config_path = workdir / f"point-{point.config_hash}-{repeat}.yaml"
-    config_path.write_text(config_to_yaml(point.config), encoding="utf-8")
-    command = [
-        sys.executable, "-m", "llem_mlflow", "run", str(config_path),
-        "--parent-run-id", sweep.parent_id,
-        "--experiment-id", sweep.experiment_id,
-        "--run-name", sweep.run_name(point, repeat),
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in PARENT_ONLY_ENV}
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    run_id = None
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            found = RUN_ID_LINE.search(line)
-            run_id = run_id or (found.group(1) if found else None)
-            if not quiet:
-                echo(f"    {line}")
-        exit_code = process.wait()
-    except KeyboardInterrupt:
-        _stop(process)  # the child saw the same Ctrl-C; give it time to end its run KILLED
-        raise
-    return record_outcome(sweep, point, repeat, run_id, exit_code, list(tail))
+    return ChildSpec(
+        config_yaml=config_to_yaml(point.config),
+        config_name=f"point-{point.config_hash}-{repeat}.yaml",
+        parent_id=sweep.parent_id,
+        experiment_id=sweep.experiment_id,
+        run_name=sweep.run_name(point, repeat),
+    )
 
 
 def record_outcome(
-    sweep: StudyRun, point: Point, repeat: int, run_id: str | None, exit_code: int, tail: list[str]
+    sweep: StudyRun,
+    point: Point,
+    repeat: int,
+    run_id: str | None,
+    exit_code: int | None,
+    tail: list[str],
+    reason: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> PointRun:
-    """Read the child's status; mark it FAILED (creating the run if it never existed) when the child could not."""
+    """Read the child's status; mark it FAILED (creating the run if it never existed) when the child could not.
+
+    `reason` is given when the process's fate is known only from outside (a lost Ray task: no exit code).
+    """
     client = sweep.client
-    reason = None if exit_code == 0 else failure_reason(exit_code, tail)
+    if reason is None and exit_code != 0:
+        reason = failure_reason(exit_code, tail)
     status = client.get_run(run_id).info.status if run_id else None
-    if exit_code == 0 and status != "FINISHED":
+    if reason is None and status != "FINISHED":
         reason = f"the run command exited 0 but its run is {status or 'missing (no run_id line)'}"
     if run_id is None:
         run_id = create_failed_child(sweep, point, repeat)
@@ -245,12 +270,18 @@ def record_outcome(
     elif status in ("RUNNING", "SCHEDULED") or (reason and status == "FINISHED"):
         client.set_terminated(run_id, status="FAILED")
         status = "FAILED"
-    tags = {STUDY_HASH_TAG: sweep.study.study_hash, POINT_TAG: point.name, REPEAT_TAG: str(repeat), ROLE_TAG: "child"}
+    tags = {**child_tags(sweep, point, repeat), **(extra_tags or {})}
     if reason:
         tags[FAILURE_TAG] = reason[:5000]
-        tags[EXIT_CODE_TAG] = str(exit_code)
+        if exit_code is not None:
+            tags[EXIT_CODE_TAG] = str(exit_code)
     RunLogger(client, run_id).set_tags(tags)
     return PointRun(point, repeat, run_id, status, reason)
+
+
+def child_tags(sweep: StudyRun, point: Point, repeat: int) -> dict[str, str]:
+    """The sweep's tags on one child run."""
+    return {STUDY_HASH_TAG: sweep.study.study_hash, POINT_TAG: point.name, REPEAT_TAG: str(repeat), ROLE_TAG: "child"}
 
 
 def failure_reason(exit_code: int, tail: list[str]) -> str:
@@ -278,14 +309,6 @@ def create_failed_child(sweep: StudyRun, point: Point, repeat: int) -> str:
     child.log_params(config_to_params(point.config))
     child.end("FAILED")
     return child.run_id
-
-
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _end_parent(client: Any, parent_id: str, status: str) -> None:

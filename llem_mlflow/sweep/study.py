@@ -9,6 +9,7 @@
     cycle_order: interleaved               # sequential | interleaved | shuffled
     repeats: 2                             # runs per point
     seed: 0                                # order of `shuffled`
+    execution: {executor: ray, max_concurrent: 4}   # where points run (sweep/execution.py)
 
 Each point is validated as a full experiment config; an invalid one is
 skipped with its reason, and the plan (points and skips) is known before
@@ -36,8 +37,9 @@ from llem_mlflow.config.loader import (
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.config.params import config_hash
 from llem_mlflow.errors import ConfigError
+from llem_mlflow.sweep.execution import Execution, read_execution
 
-STUDY_KEYS = ("name", "base", "base_config", "sweep", "experiments", "cycle_order", "repeats", "seed")
+STUDY_KEYS = ("name", "base", "base_config", "sweep", "experiments", "cycle_order", "repeats", "seed", "execution")
 CYCLE_ORDERS = ("sequential", "interleaved", "shuffled")
 MAX_POINTS = 10_000  # a grid this large is a typo, not a study
 MAX_NAME_LENGTH = 120
@@ -71,6 +73,7 @@ class Study:
     repeats: int
     seed: int
     study_hash: str = field(default="")
+    execution: Execution = field(default_factory=Execution)  # how points run; not part of the study's identity
 
     def schedule(self, done: dict[str, int] | None = None) -> list[tuple[Point, int]]:
         """(point, repeat) pairs in run order; `done` maps config hash -> finished runs to leave out."""
@@ -99,6 +102,7 @@ def build_study(data: dict[str, Any], source: str, base_dir: Path = Path(".")) -
         raise ConfigError(f"{source}: cycle_order is {cycle_order!r}; allowed: {', '.join(CYCLE_ORDERS)}")
     repeats = _positive_int(data.get("repeats", 1), "repeats", source, minimum=1)
     seed = _positive_int(data.get("seed", 0), "seed", source, minimum=0)
+    execution = read_execution(data.get("execution"), source)
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{source}: name must be a non-empty string, got {name!r}")
@@ -136,6 +140,7 @@ def build_study(data: dict[str, Any], source: str, base_dir: Path = Path(".")) -
         repeats=repeats,
         seed=seed,
         study_hash=study_hash(points),
+        execution=execution,
     )
 
 
