@@ -6,6 +6,7 @@ into a message and exit code 2). Heavy imports stay inside the function.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -63,16 +64,24 @@ def sweep(
 
     from llem_mlflow.sweep.execute import run_study
 
+    # SIGTERM (`ray job stop`, a batch scheduler) stops the study like Ctrl-C: cancelled points end KILLED.
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_study(study, experiment_name, experiment_id, echo=click.echo, quiet=quiet)
     except KeyboardInterrupt:
         click.echo("interrupted: the study's parent run is KILLED; run the same command again to resume", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     failed = [r for r in result.runs if r.status != "FINISHED"]
     click.echo(f"parent run_id: {result.parent_run_id}")
     if not result.complete:
         click.echo(f"{len(failed)} point run(s) failed; run the study again to retry them", err=True)
         sys.exit(1)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def plan_lines(study) -> list[str]:

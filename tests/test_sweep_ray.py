@@ -185,6 +185,50 @@ def test_a_point_the_cluster_cannot_fit_is_refused_before_any_run(ray_cluster, m
     assert client.search_runs([experiment_id]) == []
 
 
+def test_a_task_whose_worker_died_gives_a_failed_child_with_the_reason(ray_cluster, module_store):
+    """A worker that dies mid-task (here: os._exit in a real Ray task) loses the task's result; the child
+    run its point had created is found by name and marked FAILED with Ray's reason."""
+    import ray
+    from mlflow import MlflowClient
+
+    from llem_mlflow.sweep.execute import StudyRun, open_parent
+    from llem_mlflow.sweep.execution import Execution
+    from llem_mlflow.sweep.ray_executor import RayExecutor
+
+    client = MlflowClient()
+    study = make_study("worker-dies", {}, sweep={"max_output_tokens": [1, 2]})
+    parent, experiment_id = open_parent(client, study, "ray-worker-dies", None, echo=lambda s: None)
+    sweep = StudyRun(client, study, parent, experiment_id)
+    started = int(time.time() * 1000)
+    orphan = client.create_run(experiment_id, run_name=sweep.run_name(study.points[0], 1),
+                               tags={"mlflow.parentRunId": parent}).info.run_id  # fmt: skip
+
+    crash = ray.remote(lambda: os._exit(1)).options(num_cpus=0.1, max_retries=0)
+    executor = RayExecutor(Execution("ray"), echo=lambda s: None, quiet=True)
+    outcomes = [executor._collect(ray, crash.remote(), sweep, point, 1, started - 1000)[0] for point in study.points]
+
+    assert outcomes[0].run_id == orphan  # the run the dead point had created
+    assert outcomes[1].run_id != orphan  # this point never created one: a FAILED child stands for it
+    for outcome in outcomes:
+        run = client.get_run(outcome.run_id)
+        assert outcome.status == run.info.status == "FAILED"
+        assert run.data.tags["llem.sweep.failure_reason"].startswith("the Ray task failed: WorkerCrashedError")
+        assert "llem.sweep.exit_code" not in run.data.tags  # no process exit code is known
+        assert run.data.tags["llem.sweep.executor"] == "ray" and run.data.tags["mlflow.parentRunId"] == parent
+
+
+def test_node_exclusive_placement_fits_one_point_per_node(ray_cluster):
+    import ray
+
+    from llem_mlflow.sweep.execution import Execution
+    from llem_mlflow.sweep.ray_cluster import describe_cluster, point_request
+
+    exclusive = Execution("ray", gpus_per_point=1, placement="node_exclusive")
+    assert point_request(exclusive) == {"CPU": 1.0, "GPU": 1.0, "llem_node": 1.0}
+    assert describe_cluster(ray, exclusive, started_here=False).slots == 1  # one node offers llem_node once
+    assert describe_cluster(ray, Execution("ray", gpus_per_point=1), started_here=False).slots == 2  # 2 CPUs
+
+
 # --- through the command line, as a separate driver process -----------------------------------
 
 
