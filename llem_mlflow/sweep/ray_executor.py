@@ -128,8 +128,8 @@ class RayExecutor:
                 while queue and len(in_flight) < limit:
                     i, (point, repeat) = queue.pop(0)
                     spec = point_spec(sweep, point, repeat)
-                    options["name"] = f"llem point {spec.run_name}"
-                    ref = task.options(**options).remote(spec, env, os.getcwd(), self.execution.gpus_per_point, quiet)
+                    named = task.options(**options, name=f"llem point {spec.run_name}")
+                    ref = named.remote(spec, env, os.getcwd(), self.execution.gpus_per_point, quiet)
                     in_flight[ref] = (i, point, repeat)
                     echo(f"[{i}/{len(todo)}] {spec.run_name}: submitted")
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S)
