@@ -83,6 +83,7 @@ def test_the_cluster_listens_on_loopback_only(ray_cluster):
     assert exposed == []
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_six_points_give_one_parent_and_six_finished_children(six_points):
     client, study, result, lines = six_points
     assert result.complete and len(result.runs) == 6
@@ -106,6 +107,7 @@ def test_six_points_give_one_parent_and_six_finished_children(six_points):
     assert sum("submitted" in line for line in lines) == 6
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_each_child_is_tagged_with_its_node_task_and_gpu(six_points):
     client, _, result, _ = six_points
     _, kids = study_runs(client, result.experiment_id)
@@ -118,6 +120,7 @@ def test_each_child_is_tagged_with_its_node_task_and_gpu(six_points):
     assert len({k.data.tags["llem.ray.task_id"] for k in kids}) == 6
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_children_that_overlapped_never_shared_a_gpu_and_are_flagged_as_sharing_the_host(six_points):
     client, _, result, _ = six_points
     _, kids = study_runs(client, result.experiment_id)
@@ -133,6 +136,7 @@ def test_children_that_overlapped_never_shared_a_gpu_and_are_flagged_as_sharing_
     assert at_once <= 2  # never more than max_concurrent
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_running_the_study_again_runs_nothing(six_points):
     from llem_mlflow.sweep.execute import run_study
 
@@ -146,6 +150,7 @@ def test_running_the_study_again_runs_nothing(six_points):
     assert len(kids) == 6
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_two_gpu_point_gets_two_ids_and_a_failing_point_fails_while_the_other_finishes(ray_cluster, module_store, tmp_path):
     from mlflow import MlflowClient
 
@@ -185,6 +190,7 @@ def test_a_point_the_cluster_cannot_fit_is_refused_before_any_run(ray_cluster, m
     assert client.search_runs([experiment_id]) == []
 
 
+@pytest.mark.slow  # runs real points: the quick selection keeps the guards only
 def test_a_task_whose_worker_died_gives_a_failed_child_with_the_reason(ray_cluster, module_store):
     """A worker that dies mid-task (here: os._exit in a real Ray task) loses the task's result; the child
     run its point had created is found by name and marked FAILED with Ray's reason."""
