@@ -110,7 +110,7 @@ class EnergyMonitor:
         self._nvml, self._devices, self._sampler, self._gpu = None, [], None, None
         self._boards: list[NvmlBoard] = []
         self._cuda: list[CudaDevice] | None = None
-        self.devices_in_use: list[int] = []  # CUDA indices synchronized at each edge
+        self.devices_in_use: list[int] = []  # CUDA indices synchronized at each edge (the model's, once loaded)
         self._configured: list[int] = []  # CUDA indices the config names
         self._mapping = "uuid"
         self._driver = "unknown"
@@ -149,7 +149,7 @@ class EnergyMonitor:
                 return f"cannot list the CUDA devices: {type(exc).__name__}: {exc}"
             n_visible = len(self._cuda) if self._cuda is not None else len(self._visible_entries())
             wanted, reason = wanted_cuda_indices(self.cfg.pytorch.device_map, n_visible)
-            self._configured = self.devices_in_use = wanted
+            self._configured = wanted  # synchronized only once the model is on them: no CUDA context before
             if reason:
                 return reason
             targets, reason = self._targets(wanted)
@@ -468,7 +468,7 @@ class EnergyMonitor:
     def _baseline_tag(self) -> str:
         """How the idle baselines went, and which one dynamic energy subtracts."""
         text = self._baseline_notes[BEFORE_LOAD]
-        if LOADED in self._baseline_notes:
+        if self._baseline_notes.get(LOADED, text) != text:
             text += f"; with the model resident: {self._baseline_notes[LOADED]}"
         chosen = self._dynamic_baseline()
         if chosen is not None:
