@@ -5,10 +5,9 @@
 
 Each phase has a begin and an end edge. At the edges the energy monitor opens
 and closes its window (after a CUDA synchronize of every GPU the model
-occupies), the phase's peak memory is
-reset and read, and the phase's duration becomes `time/<phase>_s`. A Listener
-(the MLflow reporter) hears about tags and phase ends; nothing it does runs
-inside a measured window.
+occupies), the phase's peak memory is reset and read, and the phase's duration
+becomes `time/<phase>_s`. A Listener (the MLflow reporter) hears about tags and
+phase ends; nothing it does runs inside a measured window.
 
     report = measure(cfg)                      # anywhere torch runs: a GPU box, a worker, a test
     Measurement(cfg, listener=...).run()       # the same, keeping the partial Report on a failure

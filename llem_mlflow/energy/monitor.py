@@ -160,10 +160,17 @@ class EnergyMonitor:
             self._driver = driver.decode() if isinstance(driver, bytes) else str(driver or "unknown")
         except NvmlError as exc:
             return str(exc)
-        interval_s = self.cfg.energy.sample_interval_ms / 1000.0
-        self._sampler = PowerSampler(self._nvml, self._devices, interval_s)
-        self._gpu = NvmlGpuSource(self._nvml, self._devices, self._sampler, lambda: self.hardware.synchronize(self.devices_in_use))
+        self._start_sources()
         return None
+
+    def _start_sources(self) -> None:
+        """The power sampler and the GPU energy source over the GPUs measured now."""
+        self._sampler = PowerSampler(self._nvml, self._devices, self.cfg.energy.sample_interval_ms / 1000.0)
+        self._gpu = NvmlGpuSource(self._nvml, self._devices, self._sampler, self._synchronize)
+
+    def _synchronize(self) -> None:
+        """At each window edge: every GPU the model occupies (none before it is loaded)."""
+        self.hardware.synchronize(self.devices_in_use)
 
     def _visible_entries(self) -> list[str]:
         return visible_entries(os.environ.get("CUDA_VISIBLE_DEVICES"), len(self._boards))
@@ -177,7 +184,7 @@ class EnergyMonitor:
             )
             shared = [t for t in targets if self._boards[t.nvml_index].mig_uuids]
             if shared and not reason:
-                return [], f"cuda:{shared[0].cuda_index} is on board {shared[0].uuid}, whose MIG mode is on: its counter covers every instance"
+                return [], f"cuda:{shared[0].cuda_index} is on board {shared[0].uuid}, whose MIG mode is on"
             return targets, reason
         by_index = {d.index: d for d in self._cuda}
         missing = [i for i in cuda_indices if i not in by_index]
@@ -214,8 +221,7 @@ class EnergyMonitor:
             self._devices = devices
             if self._sampler is None:  # no GPU was measurable before the load
                 self.gpu_reason = None
-                self._sampler = PowerSampler(self._nvml, devices, self.cfg.energy.sample_interval_ms / 1000.0)
-                self._gpu = NvmlGpuSource(self._nvml, devices, self._sampler, lambda: self.hardware.synchronize(self.devices_in_use))
+                self._start_sources()
             self._sampler.set_devices(devices)
             self._gpu.set_devices(devices)
             if self._codecarbon is not None:

@@ -9,6 +9,7 @@ error escapes as a crash.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -113,19 +114,14 @@ def open_nvml(lib: Any | None = None) -> Nvml:
     return nvml
 
 
-def all_uuids(nvml: Nvml) -> list[str]:
-    """Every GPU's UUID by NVML index."""
-    count = nvml.call("nvmlDeviceGetCount")
-    return [_text(nvml.call("nvmlDeviceGetUUID", nvml.call("nvmlDeviceGetHandleByIndex", i))) for i in range(count)]
-
-
 def read_boards(nvml: Nvml) -> list[NvmlBoard]:
     """Every board by NVML index: UUID, PCI bus id and, with MIG on, its instances' UUIDs."""
     boards = []
     for index in range(nvml.call("nvmlDeviceGetCount")):
         handle = nvml.call("nvmlDeviceGetHandleByIndex", index)
         pci = nvml.optional("nvmlDeviceGetPciInfo", handle)
-        boards.append(NvmlBoard(index, _text(nvml.call("nvmlDeviceGetUUID", handle)), _text(pci.busId) if pci else None, _mig_uuids(nvml, handle)))
+        uuid = _text(nvml.call("nvmlDeviceGetUUID", handle))
+        boards.append(NvmlBoard(index, uuid, _text(pci.busId) if pci else None, _mig_uuids(nvml, handle)))
     return boards
 
 
@@ -159,7 +155,8 @@ class GpuDevice:
     @property
     def power_method(self) -> str:
         """How its sampled power integrates: the instant field, or a 1 s average that lags."""
-        return "nvml_averaged_power_integral" if self.usage_averaged and not self.instant_power_supported else "nvml_power_integral"
+        averaged = self.usage_averaged and not self.instant_power_supported
+        return "nvml_averaged_power_integral" if averaged else "nvml_power_integral"
 
 
 def open_device(nvml: Nvml, target: GpuTarget) -> GpuDevice:
@@ -202,7 +199,7 @@ def _usage_is_averaged(architecture: int | None, name: str) -> bool:
         return True
     if architecture < NVML_DEVICE_ARCH_AMPERE:
         return False
-    return not any(part in name for part in ("A100", "A30", "A800"))
+    return not re.search(r"\bA(100|30|800)\b", name)
 
 
 def _instant_power_mw(nvml: Nvml, handle: Any) -> float | None:
@@ -422,13 +419,15 @@ class NvmlGpuSource:
             if device.power_method == "nvml_averaged_power_integral":
                 notes.setdefault("averaged_power", []).append(_averaged_power_note(window, gpu))
         sampled_j = _sum_or_none([integrate_power_j(window, d.target.cuda_index) for d in self._devices])
-        if methods == {"nvml_counter"} and sampled_j and duration_s >= COUNTER_CHECK_MIN_S:
-            ratio = sum(energy.values()) / sampled_j
-            if abs(ratio - 1) > COUNTER_CHECK_TOLERANCE and all(not d.usage_averaged or d.instant_power_supported for d in self._devices):
+        instant = all(d.power_method == "nvml_power_integral" for d in self._devices)  # an average would lag
+        if methods == {"nvml_counter"} and sampled_j and instant and duration_s >= COUNTER_CHECK_MIN_S:
+            counter_j = sum(energy.values())
+            if abs(counter_j / sampled_j - 1) > COUNTER_CHECK_TOLERANCE:
                 notes["counter_vs_samples"] = [
-                    f"the energy counter ({sum(energy.values()):.1f} J) and the integral of sampled power ({sampled_j:.1f} J) "
-                    f"differ by {100 * (ratio - 1):+.0f} % over {duration_s:.1f} s (tolerance {100 * COUNTER_CHECK_TOLERANCE:.0f} %): "
-                    "a counter reset inside the window, a miscalibrated sensor, or the wrong board"
+                    f"the energy counter ({counter_j:.1f} J) and the integral of sampled power ({sampled_j:.1f} J) "
+                    f"differ by {100 * (counter_j / sampled_j - 1):+.0f} % over {duration_s:.1f} s (tolerance "
+                    f"{100 * COUNTER_CHECK_TOLERANCE:.0f} %): a counter reset inside the window, a miscalibrated "
+                    "sensor, or the wrong board"
                 ]
         return GpuReading(
             energy_j=energy,
