@@ -60,7 +60,6 @@ def synchronize(devices: Sequence[int] | None = None) -> None:
             torch.cuda.synchronize(index)
 
 
-
 def gpu_memory_metrics(loaded) -> dict[str, float]:
     """The model's own size on its GPUs (GPU runs only; the peaks per phase are bench/memory.py's)."""
     if not loaded.gpu_indices or not hasattr(loaded.model, "get_memory_footprint"):
