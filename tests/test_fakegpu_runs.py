@@ -137,9 +137,11 @@ def test_how_each_board_class_is_measured(tmp_path, board, method, averaged_warn
 
 
 def test_power_cap_and_thermal_slowdown_are_tagged(tmp_path):
-    # A 250 W limit under a 330 W decode, and a small heatsink that reaches slowdown in the window.
-    hot = Gpu("H100", changes={"power_limit_w": 250.0, "thermal_tau_s": 0.3, "c_per_w": 0.15, "slowdown_c": 50.0})
-    m, tags, _ = run_on(Scenario([hot], forward_s=0.02).build(), tmp_path, warmup={"enabled": False})
+    # A 250 W limit under a 330 W decode, and a small heatsink (1 s, ~+55 C at the cap) that reaches its
+    # 68 C slowdown within the measured window: 10 batches, against the 1 of the cold start before it.
+    changes = {"power_limit_w": 250.0, "thermal_tau_s": 1.0, "ambient_c": 25.0, "c_per_w": 0.3, "slowdown_c": 68.0}
+    hot = Scenario([Gpu("H100", changes=changes)], forward_s=0.02).build()
+    m, tags, _ = run_on(hot, tmp_path, warmup={"enabled": False}, dataset={"source": "builtin", "n": 20})
     throttling = tags["llem.warning.throttling"]
     assert "software power cap" in throttling and "hardware thermal slowdown" in throttling
     assert "llem.warning.temperature_rise" in tags
