@@ -33,7 +33,10 @@ def launch(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     quiet: bool = False,
+    hardware: Any = None,
 ) -> int:
+    """`hardware` (llem_mlflow.bench.device.Hardware) stands in for the machine's GPUs: tests run the
+    whole pipeline on a fake GPU through it (None: the real ones)."""
     from llem_mlflow.config.loader import load_config
     from llem_mlflow.config.params import config_to_params, config_to_yaml
     from llem_mlflow.runner import Measurement, redacted_config
@@ -56,7 +59,7 @@ def launch(
         logged = redacted_config(cfg)
         reporter.call(jobs.log_config, config_to_params(logged), config_to_yaml(logged))
         reporter.call(jobs.preload_plotting)
-        measurement = Measurement(cfg, quiet=quiet, model_path=model_path, listener=reporter)
+        measurement = Measurement(cfg, quiet=quiet, model_path=model_path, hardware=hardware, listener=reporter)
         report = measurement.run()
         reporter.finish(report)
         if registered_version is not None:

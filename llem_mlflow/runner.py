@@ -1,12 +1,13 @@
 """The measuring core: one experiment's phases in order, into a Report. No MLflow.
 
-    environment -> baseline -> load -> first_generate -> warmup -> (measure [-> prefill]) x n_trials -> summary
+    environment -> baseline -> load -> baseline_loaded -> first_generate -> warmup
+        -> (measure [-> prefill]) x n_trials -> summary
 
 Each phase has a begin and an end edge. At the edges the energy monitor opens
-and closes its window (after a CUDA synchronize), the phase's peak memory is
-reset and read, and the phase's duration becomes `time/<phase>_s`. A Listener
-(the MLflow reporter) hears about tags and phase ends; nothing it does runs
-inside a measured window.
+and closes its window (after a CUDA synchronize of every GPU the model
+occupies), the phase's peak memory is reset and read, and the phase's duration
+becomes `time/<phase>_s`. A Listener (the MLflow reporter) hears about tags and
+phase ends; nothing it does runs inside a measured window.
 
     report = measure(cfg)                      # anywhere torch runs: a GPU box, a worker, a test
     Measurement(cfg, listener=...).run()       # the same, keeping the partial Report on a failure
@@ -20,7 +21,7 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from llem_mlflow import __version__
 from llem_mlflow import metrics_registry as registry
@@ -31,6 +32,7 @@ from llem_mlflow.redact import redact
 from llem_mlflow.report import Listener, NoListener, Report
 
 if TYPE_CHECKING:
+    from llem_mlflow.bench.device import Hardware
     from llem_mlflow.bench.generation import Batch, Generator, RequestRecord
     from llem_mlflow.bench.loading import LoadedModel
     from llem_mlflow.energy.monitor import EnergyMonitor
@@ -50,11 +52,19 @@ class Measurement:
         model_path: str | None = None,
         quiet: bool = False,
         nvml: Any = None,
+        hardware: Hardware | None = None,
         listener: Listener | None = None,
         workdir: Path | None = None,
     ):
-        """`nvml`: the NVML library (None: pynvml; tests pass a fake GPU). `workdir`: where the
-        meters keep their files (default: a new temporary folder; `cleanup()` removes it)."""
+        """`hardware`: the machine's GPUs (llem_mlflow.bench.device.Hardware; None: the real one, torch
+        and pynvml; tests pass a fake GPU machine). `nvml`: only the NVML library replaced. `workdir`:
+        where the meters keep their files (default: a new temporary folder; `cleanup()` removes it)."""
+        if hardware is None:
+            from llem_mlflow.bench.device import TorchCuda
+
+            hardware = TorchCuda()
+        self.hardware = hardware
+        self.devices: list[int] = []  # CUDA devices holding the model: synchronized at every edge
         self.cfg = cfg
         self.model_path = model_path
         self.quiet = quiet
@@ -71,7 +81,6 @@ class Measurement:
 
     # --- the phases ------------------------------------------------------------------
     def run(self) -> Report:
-        from llem_mlflow.bench.device import synchronize
         from llem_mlflow.bench.environment import environment_snapshot, environment_tags
         from llem_mlflow.energy.monitor import EnergyMonitor
 
@@ -82,14 +91,14 @@ class Measurement:
             with self.phase("environment"):
                 self.report.resolved["environment"] = environment_snapshot()
                 self.add_tags(environment_tags(self.report.resolved["environment"]))
-            self.monitor = EnergyMonitor(cfg, synchronize, nvml=self.nvml, workdir=self.report.workdir / "energy-meters")
-            with self.phase("baseline", energy=False):
-                measured = self.monitor.measure_baseline()
-            if not measured:  # skipped (disabled, or no GPU): no phase took place, its tag says why
-                self.forget_phase("baseline")
+            self.monitor = EnergyMonitor(cfg, self.hardware, nvml=self.nvml, workdir=self.report.workdir / "energy-meters")
+            self.idle_phase("baseline", self.monitor.measure_baseline)
             with self.phase("load"):
                 loaded = self.load_model()
                 self.memory.gpu_indices = list(loaded.gpu_indices)  # the load's GPU peaks: since the process started
+            self.devices = self.hardware.model_devices(loaded)
+            self.monitor.model_loaded(self.devices)  # measure the GPUs the weights occupy from now on
+            self.idle_phase("baseline_loaded", self.monitor.measure_loaded_baseline)  # resident, before any kernel
             from llem_mlflow.bench.environment import device_tags
 
             self.add_tags(device_tags(loaded))
@@ -110,6 +119,13 @@ class Measurement:
                 self.monitor.close()
                 self.report.energy = self.monitor.record()
         return self.report
+
+    def idle_phase(self, name: str, measure: Callable[[], bool]) -> None:
+        """An idle baseline; skipped (disabled, or no GPU): no phase took place, its tag says why."""
+        with self.phase(name, energy=False):
+            measured = measure()
+        if not measured:
+            self.forget_phase(name)
 
     def add_tags(self, tags: dict[str, str]) -> None:
         self.report.tags.update(tags)
@@ -315,12 +331,10 @@ class Measurement:
 
         `trial`: a measured trial's phase, whose memory figures go into that trial's metrics
         (`window.memory`); any other phase's go straight into the run's metrics."""
-        from llem_mlflow.bench.device import synchronize
-
         self.report.phase = name
         window = _Window()
         monitor = self.monitor if energy else None
-        synchronize()
+        self.hardware.synchronize(self.devices)
         self.memory.begin()
         if monitor is not None:
             monitor.begin(name)
@@ -332,7 +346,7 @@ class Measurement:
                 with suppress(Exception):
                     self._cut_short = monitor.end(name)
             raise
-        synchronize()
+        self.hardware.synchronize(self.devices)
         self.report.durations_s[name] = time.perf_counter() - start
         if monitor is not None:
             window.energy = monitor.end(name)

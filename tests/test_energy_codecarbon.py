@@ -84,7 +84,7 @@ def test_codecarbon_returning_none_is_unavailable(tmp_path, monkeypatch):
 def test_cpu_only_monitor_gpu_absent_cpu_ram_emissions_present(tmp_path):
     """This machine has no GPU: the real pynvml fails, CodeCarbon measures."""
     cfg = ExperimentConfig(model="random:tiny", energy={"codecarbon": True})
-    monitor = EnergyMonitor(cfg, lambda: None)  # real pynvml
+    monitor = EnergyMonitor(cfg)  # real pynvml
     try:
         monitor.measure_baseline()
         monitor.begin("measure")
@@ -109,4 +109,4 @@ def test_cpu_only_monitor_gpu_absent_cpu_ram_emissions_present(tmp_path):
 def test_unknown_country_in_config_is_refused_naming_the_field():
     cfg = ExperimentConfig(model="random:tiny", energy={"codecarbon": True, "country_iso_code": "XYZ", "gpu": "off"})
     with pytest.raises(EnergyError, match="energy.country_iso_code 'XYZ'"):
-        EnergyMonitor(cfg, lambda: None)
+        EnergyMonitor(cfg)

@@ -1,8 +1,9 @@
-"""Which GPUs are measured: CUDA_VISIBLE_DEVICES (indices or UUIDs) x pytorch.device_map."""
+"""Which GPUs are measured: CUDA devices matched to NVML boards by UUID (MIG rule); without CUDA in
+the process, CUDA_VISIBLE_DEVICES (indices or UUIDs) over NVML's order x pytorch.device_map."""
 
 import pytest
 
-from llem_mlflow.energy.devices import select_gpus
+from llem_mlflow.energy.devices import CudaDevice, NvmlBoard, match_by_uuid, select_gpus, uuid_key
 
 UUIDS = ["GPU-aaaa-1", "GPU-bbbb-2", "GPU-cccc-3", "GPU-dddd-4"]
 
@@ -53,3 +54,37 @@ def test_no_measurable_gpu_gives_a_reason(device_map, visible, words):
     targets, reason = select_gpus(device_map, visible, UUIDS)
     assert targets == []
     assert words in reason
+
+
+# --- by UUID: CUDA's devices matched to NVML's boards ------------------------------------------
+
+BOARDS = [
+    NvmlBoard(0, "GPU-aaaaaaaa-0000-4000-8000-000000000001"),
+    NvmlBoard(1, "GPU-bbbbbbbb-0000-4000-8000-000000000002"),
+    NvmlBoard(2, "GPU-cccccccc-0000-4000-8000-000000000003", mig_uuids=("MIG-c1c1c1c1-0000-4000-8000-000000000001",)),
+    NvmlBoard(3, "GPU-dddddddd-0000-4000-8000-000000000004",
+              mig_uuids=("MIG-d1d1d1d1-0000-4000-8000-000000000001", "MIG-d2d2d2d2-0000-4000-8000-000000000002")),
+]  # fmt: skip
+
+
+def test_torch_and_nvml_spellings_of_a_uuid_compare_equal():
+    assert uuid_key("GPU-AAAA-1") == uuid_key("aaaa-1") == uuid_key("MIG-aaaa-1")
+
+
+def test_cuda_order_is_kept_and_boards_found_by_uuid():
+    devices = [CudaDevice(0, "bbbbbbbb-0000-4000-8000-000000000002"), CudaDevice(1, "aaaaaaaa-0000-4000-8000-000000000001")]
+    targets, reason = match_by_uuid(devices, BOARDS)
+    assert reason is None
+    assert [(t.cuda_index, t.nvml_index) for t in targets] == [(0, 1), (1, 0)]
+
+
+def test_a_mig_board_is_measured_only_when_all_its_instances_are_ours():
+    whole, reason = match_by_uuid([CudaDevice(0, "c1c1c1c1-0000-4000-8000-000000000001")], BOARDS)
+    assert reason is None and whole[0].nvml_index == 2 and whole[0].mig_instances == BOARDS[2].mig_uuids
+    shared, reason = match_by_uuid([CudaDevice(0, "d1d1d1d1-0000-4000-8000-000000000001")], BOARDS)
+    assert shared == [] and "2 MIG instance(s) of which this run uses 1" in reason
+
+
+def test_an_unknown_uuid_is_a_reason_not_a_guess():
+    targets, reason = match_by_uuid([CudaDevice(0, "eeeeeeee-0000-4000-8000-000000000009")], BOARDS)
+    assert targets == [] and "matches no GPU that NVML sees" in reason

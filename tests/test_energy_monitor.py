@@ -39,8 +39,8 @@ def monitors():
         monitor.close()
 
 
-def start(monitors, cfg, nvml, synchronize=lambda: None):
-    monitor = EnergyMonitor(cfg, synchronize, nvml=nvml)
+def start(monitors, cfg, nvml):
+    monitor = EnergyMonitor(cfg, nvml=nvml)
     monitors.append(monitor)
     return monitor
 
@@ -88,13 +88,17 @@ def test_metrics_sum_gpus_and_subtract_the_idle_baseline(monitors):
     assert tags["llem.gpu.mig"] == "disabled,disabled"
 
 
-def test_dynamic_energy_is_floored_at_zero(monitors):
+def test_negative_dynamic_energy_is_logged_as_measured_with_a_warning(monitors):
+    # Issue 11: it used to be floored at 0 silently, which biases means over trials upwards.
     gpu = FakeGpu(power_w=80.0)
     monitor = start(monitors, config(baseline=True), FakeNvml([gpu]))
     monitor.measure_baseline()
     gpu.set_power(60.0)  # below idle: drift, not negative work
-    m = monitor.metrics(run_phase(monitor, "measure", 0.2), output_tokens=10, requests=1)
-    assert m["energy/gpu_dynamic_j"] == 0.0
+    measured = run_phase(monitor, "measure", 0.2)
+    m = monitor.metrics(measured, output_tokens=10, requests=1)
+    assert m["energy/gpu_dynamic_j"] == pytest.approx(-20 * measured.duration_s, rel=0.1)
+    assert m["energy/dynamic_j_per_output_token"] < 0
+    assert "not floored" in monitor.tags()["llem.warning.negative_dynamic_energy"]
 
 
 def test_load_and_warmup_energy_and_phase_readings(monitors):
@@ -176,7 +180,7 @@ def test_no_nvml_library_leaves_gpu_energy_absent_with_the_reason(monitors):
 
 def test_energy_gpu_nvml_required_raises_our_error():
     with pytest.raises(EnergyError, match="energy.gpu is 'nvml'.*energy.gpu: auto"):
-        EnergyMonitor(config(gpu="nvml"), lambda: None, nvml=FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND))
+        EnergyMonitor(config(gpu="nvml"), nvml=FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND))
 
 
 def test_energy_gpu_off_never_touches_nvml(monitors):

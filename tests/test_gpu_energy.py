@@ -6,7 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llem_mlflow.bench.device import synchronize  # noqa: E402
 from llem_mlflow.config.models import ExperimentConfig  # noqa: E402
 from llem_mlflow.energy.monitor import EnergyMonitor  # noqa: E402
 
@@ -40,7 +39,7 @@ def busy_gpu(seconds):
 
 
 def test_counter_and_integrated_sampled_power_agree_within_10_percent():
-    monitor = EnergyMonitor(gpu_config(), synchronize)
+    monitor = EnergyMonitor(gpu_config())
     try:
         busy_gpu(1.0)  # wake the GPU up before the window
         monitor.begin("measure")

@@ -1,12 +1,13 @@
 """Issue 13: cold start as its own phase, the prefill/decode split, memory per phase; issue 11 item 8
 (cool-down tags reach the run through the one tag path). The core in-process, no MLflow: random:tiny
-on the CPU with forced lengths, and a fake GPU (tests/fake_nvml.py) for NVML's side.
+on the CPU with forced lengths, and a fake GPU (tests/fakegpu) holding the model's weights for NVML's side.
 """
 
 from __future__ import annotations
 
 import pytest
 from fake_nvml import FakeGpu, FakeNvml
+from fakegpu import FakeHardware
 from helpers import before_batch
 
 from llem_mlflow.bench.generation import Generator
@@ -19,7 +20,10 @@ from llem_mlflow.runner import Measurement
 GIB = 1024**3
 POWER_W = 100.0
 N, OUT = 4, 16  # prompts and forced output tokens per request
-PHASES = ["startup", "environment", "baseline", "load", "first_generate", "warmup", "measure", "prefill", "measure/2", "prefill/2"]
+PHASES = [
+    "startup", "environment", "baseline", "load", "baseline_loaded", "first_generate", "warmup",
+    "measure", "prefill", "measure/2", "prefill/2",
+]  # fmt: skip
 
 
 class RecordingListener(NoListener):
@@ -58,7 +62,8 @@ def split_run():
     calls: list[tuple[str, int, int]] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        measurement = Measurement(split_config(), quiet=True, nvml=FakeNvml([gpu]), listener=listener)
+        hardware = FakeHardware(FakeNvml([gpu]))  # the model's weights on its cuda:0
+        measurement = Measurement(split_config(), quiet=True, hardware=hardware, listener=listener)
         real_run_batch = Generator.run_batch
 
         def logged(self, batch):

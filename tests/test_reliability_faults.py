@@ -140,12 +140,11 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     """
     import codecarbon
 
-    from llem_mlflow.energy import monitor as monitor_module
+    from fakegpu import FakeHardware
 
     gpu = FakeGpu()
-    real_open_nvml = monitor_module.open_nvml
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(monitor_module, "open_nvml", lambda lib=None: real_open_nvml(FakeNvml([gpu])))
+    hardware = FakeHardware(FakeNvml([gpu]))  # the model's weights are on its cuda:0
 
     def failing_stop(self, *args, **kwargs):
         raise RuntimeError("cannot read the RAPL counters")
@@ -158,7 +157,7 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
 
     before_batch(monkeypatch, 2 + 1, meters_break)  # from the first measured batch on
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "sample_interval_ms": 50})
-    code = launch(str(cfg), quiet=True)
+    code = launch(str(cfg), quiet=True, hardware=hardware)
     assert code == EXIT_OK, capsys.readouterr().err[-3000:]
     run = only_run()
     assert run.info.status == "FINISHED"

@@ -199,7 +199,7 @@ class Generator:
                 streamer=clock,
                 **self.generate_kwargs,
             )
-            synchronize()
+            synchronize(self.loaded.gpu_indices)  # every GPU holding weights: the last layer may be on any
             end = time.perf_counter()
         new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
         arrivals = clock.arrivals() if clock else []

@@ -1,11 +1,16 @@
 """EnergyMonitor: the one object the runner uses to measure energy, phase by phase.
 
 It owns one window per phase over two sources (NVML for the GPUs, CodeCarbon
-for CPU, RAM and emissions), the idle baseline, the power sampler and the
+for CPU, RAM and emissions), the idle baselines, the power sampler and the
 validity warnings. It never raises for a meter that fails mid-run: the
 quantity goes absent and a tag says why. It raises EnergyError only for bad
 input found at construction (energy.gpu: nvml without NVML, an unknown
 country code).
+
+The machine comes in through one object, `hardware` (llem_mlflow.bench.device.Hardware):
+the NVML library, the CUDA devices with their UUIDs, and a synchronize over devices. The
+GPUs measured are first the ones the config names; once the model is loaded,
+`model_loaded(devices)` switches to the ones its weights occupy.
 """
 
 from __future__ import annotations
@@ -16,33 +21,45 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llem_mlflow.energy import warnings as checks
-from llem_mlflow.energy.baseline import Baseline, dynamic_energy_j, measure_idle_power
+from llem_mlflow.energy.baseline import BEFORE_LOAD, LOADED, Baseline, dynamic_energy_j, measure_idle_power
 from llem_mlflow.energy.codecarbon_source import (
     CodeCarbonSource,
     CodeCarbonUnavailable,
     country_problem,
 )
-from llem_mlflow.energy.devices import select_gpus
+from llem_mlflow.energy.devices import (
+    CudaDevice,
+    GpuTarget,
+    NvmlBoard,
+    match_by_uuid,
+    targets_from_environment,
+    visible_entries,
+    wanted_cuda_indices,
+)
 from llem_mlflow.energy.nvml import (
     NVML_TEMPERATURE_GPU,
     NvmlError,
     NvmlGpuSource,
     PowerSampler,
-    all_uuids,
     integrate_power_j,
     open_device,
     open_nvml,
+    read_boards,
     running_pids,
     samples_in,
 )
 from llem_mlflow.energy.readings import GpuSample, PhaseEnergy, now_ms
-from llem_mlflow.energy.timeline import metric_histories
+from llem_mlflow.energy.timeline import downsampling_note, metric_histories
 from llem_mlflow.errors import EnergyError
 
 log = logging.getLogger(__name__)
+MAPPING_BY_ENVIRONMENT = (
+    "CUDA_VISIBLE_DEVICES over NVML's order (CUDA is not available in this process, so no UUIDs: "
+    "exact only with CUDA_DEVICE_ORDER=PCI_BUS_ID or identical boards)"
+)
 
 # Windows whose figures are published: they get the validity checks (measured trials, prefill passes).
 CHECKED_PHASES = ("measure", "prefill")
@@ -69,23 +86,35 @@ class EnergyRecord:
 
 
 class EnergyMonitor:
-    def __init__(self, cfg: Any, synchronize: Callable[[], None], nvml: Any = None, workdir: Path | None = None):
-        """`workdir` holds CodeCarbon's CSV until write_artifacts copies it (the caller removes it;
-        without one, a temporary folder is made and left to the system)."""
+    def __init__(self, cfg: Any, hardware: Any = None, *, nvml: Any = None, workdir: Path | None = None):
+        """`hardware`: the machine (default: the real one, torch + pynvml); `nvml` replaces its NVML
+        library. `workdir` holds CodeCarbon's CSV until write_artifacts copies it (the caller removes
+        it; without one, a temporary folder is made and left to the system)."""
+        if hardware is None:
+            from llem_mlflow.bench.device import TorchCuda
+
+            hardware = TorchCuda()
         self.cfg = cfg
+        self.hardware = hardware
         self._readings: dict[str, PhaseEnergy] = {}
         self._phases: dict[str, tuple[int, int]] = {}  # phase -> (start_ms, end_ms), for the plot
         self._windows_s: dict[str, tuple[float, float]] = {}  # phase -> monotonic (start, end)
         self._open: tuple[str, int, float] | None = None  # (phase, start_ms, monotonic start)
         self._pids_at_begin: dict[int, list[int] | None] = {}
         self._gpu_begin_error: str | None = None
-        self._baseline: Baseline | None = None
-        self._baseline_note = "skipped: measure_baseline() was not called"
+        self._baselines: dict[str, Baseline] = {}  # idle_before_load / idle_loaded
+        self._baseline_notes: dict[str, str] = {BEFORE_LOAD: "skipped: measure_baseline() was not called"}
+        self._run_warnings: dict[str, str] = {}  # warnings about the whole run (gpu_mismatch)
         self._closed = False
 
         self._nvml, self._devices, self._sampler, self._gpu = None, [], None, None
+        self._boards: list[NvmlBoard] = []
+        self._cuda: list[CudaDevice] | None = None
+        self.devices_in_use: list[int] = []  # CUDA indices synchronized at each edge (the model's, once loaded)
+        self._configured: list[int] = []  # CUDA indices the config names
+        self._mapping = "uuid"
         self._driver = "unknown"
-        self.gpu_reason = self._open_gpus(nvml, synchronize)
+        self.gpu_reason = self._open_gpus(nvml if nvml is not None else hardware.nvml_library())
         if self.gpu_reason and cfg.energy.gpu == "nvml":
             self.close()
             raise EnergyError(
@@ -107,15 +136,23 @@ class EnergyMonitor:
 
     # --- setup -----------------------------------------------------------------
 
-    def _open_gpus(self, lib: Any, synchronize: Callable[[], None]) -> str | None:
-        """Open NVML and the GPUs the model uses; the reason when GPU energy will be absent."""
+    def _open_gpus(self, lib: Any) -> str | None:
+        """Open NVML and the GPUs the config puts the model on; the reason when GPU energy will be absent."""
         if self.cfg.energy.gpu == "off":
             return "energy.gpu is off"
         try:
             self._nvml = open_nvml(lib)
-            targets, reason = select_gpus(
-                self.cfg.pytorch.device_map, os.environ.get("CUDA_VISIBLE_DEVICES"), all_uuids(self._nvml)
-            )
+            self._boards = read_boards(self._nvml)
+            try:
+                self._cuda = self.hardware.cuda_devices()
+            except Exception as exc:  # a broken CUDA setup: say so, never crash the run here
+                return f"cannot list the CUDA devices: {type(exc).__name__}: {exc}"
+            n_visible = len(self._cuda) if self._cuda is not None else len(self._visible_entries())
+            wanted, reason = wanted_cuda_indices(self.cfg.pytorch.device_map, n_visible)
+            self._configured = wanted  # synchronized only once the model is on them: no CUDA context before
+            if reason:
+                return reason
+            targets, reason = self._targets(wanted)
             if reason:
                 return reason
             self._devices = [open_device(self._nvml, t) for t in targets]
@@ -123,37 +160,127 @@ class EnergyMonitor:
             self._driver = driver.decode() if isinstance(driver, bytes) else str(driver or "unknown")
         except NvmlError as exc:
             return str(exc)
-        interval_s = self.cfg.energy.sample_interval_ms / 1000.0
-        self._sampler = PowerSampler(self._nvml, self._devices, interval_s)
-        self._gpu = NvmlGpuSource(self._nvml, self._devices, self._sampler, synchronize)
+        self._start_sources()
         return None
+
+    def _start_sources(self) -> None:
+        """The power sampler and the GPU energy source over the GPUs measured now."""
+        self._sampler = PowerSampler(self._nvml, self._devices, self.cfg.energy.sample_interval_ms / 1000.0)
+        self._gpu = NvmlGpuSource(self._nvml, self._devices, self._sampler, self._synchronize)
+
+    def _synchronize(self) -> None:
+        """At each window edge: every GPU the model occupies (none before it is loaded)."""
+        self.hardware.synchronize(self.devices_in_use)
+
+    def _visible_entries(self) -> list[str]:
+        return visible_entries(os.environ.get("CUDA_VISIBLE_DEVICES"), len(self._boards))
+
+    def _targets(self, cuda_indices: list[int]) -> tuple[list[GpuTarget], str | None]:
+        """The NVML boards behind these CUDA indices, by UUID (or the environment without CUDA)."""
+        if self._cuda is None:
+            self._mapping = MAPPING_BY_ENVIRONMENT
+            targets, reason = targets_from_environment(
+                cuda_indices, os.environ.get("CUDA_VISIBLE_DEVICES"), [b.uuid for b in self._boards]
+            )
+            shared = [t for t in targets if self._boards[t.nvml_index].mig_uuids]
+            if shared and not reason:
+                return [], f"cuda:{shared[0].cuda_index} is on board {shared[0].uuid}, whose MIG mode is on"
+            return targets, reason
+        by_index = {d.index: d for d in self._cuda}
+        missing = [i for i in cuda_indices if i not in by_index]
+        if missing:
+            return [], f"cuda:{missing[0]} is not among the {len(self._cuda)} CUDA device(s) of this process"
+        return match_by_uuid([by_index[i] for i in cuda_indices], self._boards)
+
+    def model_loaded(self, cuda_indices: list[int]) -> None:
+        """The model's weights occupy these CUDA devices: measure them from now on (warn when they
+        are not the ones the config named)."""
+        self.devices_in_use = sorted(cuda_indices)
+        if self._nvml is None or self._closed:
+            return
+        if self.devices_in_use != sorted(self._configured):
+            named = ", ".join(f"cuda:{i}" for i in self._configured) or "no GPU"
+            actual = ", ".join(f"cuda:{i}" for i in self.devices_in_use) or "no GPU (CPU)"
+            self._run_warnings["gpu_mismatch"] = (
+                f"the config (pytorch.device_map {self.cfg.pytorch.device_map!r}) names {named}, but the model's "
+                f"weights occupy {actual}: energy is measured on the GPUs the weights occupy"
+            )
+        if not self.devices_in_use:
+            self._drop_gpus("the model's weights are on no GPU")
+            return
+        targets, reason = self._targets(self.devices_in_use)
+        if reason:
+            self._drop_gpus(reason)
+            return
+        if targets != [d.target for d in self._devices]:
+            try:
+                devices = [open_device(self._nvml, t) for t in targets]
+            except NvmlError as exc:
+                self._drop_gpus(str(exc))
+                return
+            self._devices = devices
+            if self._sampler is None:  # no GPU was measurable before the load
+                self.gpu_reason = None
+                self._start_sources()
+            self._sampler.set_devices(devices)
+            self._gpu.set_devices(devices)
+            if self._codecarbon is not None:
+                self._codecarbon.gpu_ids = [d.target.nvml_index for d in devices]
+
+    def _drop_gpus(self, reason: str) -> None:
+        """GPU energy becomes absent from here on (the samples taken so far stay in the timeline)."""
+        self.gpu_reason = reason
+        self._gpu = None
+        self._devices = []
+        if self._sampler is not None:
+            self._sampler.stop()
 
     # --- windows -----------------------------------------------------------------
 
     def measure_baseline(self) -> bool:
         """Mean idle power per GPU over baseline.duration_s, before the model loads; False when skipped."""
+        return self._measure_idle(BEFORE_LOAD, "baseline")
+
+    def measure_loaded_baseline(self) -> bool:
+        """The same with the model resident (CUDA context up, weights in memory): the idle power that
+        dynamic energy subtracts. Call it after model_loaded(); False when skipped."""
+        return self._measure_idle(LOADED, "baseline_loaded")
+
+    def _measure_idle(self, kind: str, phase: str) -> bool:
         if not self.cfg.baseline.enabled:
-            self._baseline_note = "skipped: baseline.enabled is false"
+            self._baseline_notes[kind] = "skipped: baseline.enabled is false"
             return False
         if self._gpu is None:
-            self._baseline_note = f"skipped: no GPU measured ({self.gpu_reason})"
+            self._baseline_notes[kind] = f"skipped: no GPU measured ({self.gpu_reason})"
             return False
         start_ms, start_s = now_ms(), time.monotonic()
         self._sampler.start()
         try:
-            self._baseline = measure_idle_power(self._gpu, self.cfg.baseline.duration_s)
-            self._baseline_note = f"measured: {self._baseline.duration_s:.1f} s idle, {self._baseline.method}"
+            baseline = measure_idle_power(self._gpu, self.cfg.baseline.duration_s, kind=kind)
+            self._baselines[kind] = baseline
+            self._baseline_notes[kind] = f"measured: {baseline.duration_s:.1f} s idle, {baseline.method}"
         except NvmlError as exc:
-            self._baseline_note = f"failed: {exc}"
-        self._phases["baseline"] = (start_ms, now_ms())
-        self._windows_s["baseline"] = (start_s, time.monotonic())
+            self._baseline_notes[kind] = f"failed: {exc}"
+        self._phases[phase] = (start_ms, now_ms())
+        self._windows_s[phase] = (start_s, time.monotonic())
         return True
+
+    def _dynamic_baseline(self) -> Baseline | None:
+        """The idle power dynamic energy subtracts: with the model resident when measured, else before
+        the load; only one measured on the GPUs measured now."""
+        gpus = {d.target.cuda_index for d in self._devices}
+        for kind in (LOADED, BEFORE_LOAD):
+            baseline = self._baselines.get(kind)
+            if baseline is not None and set(baseline.power_w) == gpus:
+                return baseline
+        return None
 
     def baseline_temperature_c(self) -> float | None:
         """Mean idle temperature of the hottest measured GPU during the baseline (None: no baseline)."""
-        if self._baseline is None or "baseline" not in self._windows_s:
+        phase = next((p for k, p in ((BEFORE_LOAD, "baseline"), (LOADED, "baseline_loaded")) if k in self._baselines), None)
+        if phase is None or phase not in self._windows_s:
             return None
-        window = samples_in(self._sampler.samples, *self._windows_s["baseline"])
+        window = samples_in(self._sampler.samples, *self._windows_s[phase])
         means = []
         for d in self._devices:
             temps = [s.temperature_c for s in window if s.gpu == d.target.cuda_index and s.temperature_c is not None]
@@ -210,6 +337,8 @@ class EnergyMonitor:
                 reading.host = self._codecarbon.end()
             except CodeCarbonUnavailable as exc:
                 reading.host_reason = str(exc)
+        if phase.startswith("measure"):
+            self._subtract_idle(reading)
         if phase.startswith(CHECKED_PHASES):
             reading.warnings = self._window_warnings(reading, start_s)
         self._readings[phase] = reading
@@ -217,8 +346,24 @@ class EnergyMonitor:
         self._windows_s[phase] = (start_s, time.monotonic())
         return reading
 
+    def _subtract_idle(self, reading: PhaseEnergy) -> None:
+        baseline = self._dynamic_baseline()
+        if baseline is None:
+            return
+        reading.gpu_baseline_w = baseline.total_w
+        if reading.gpu is not None:
+            reading.gpu_dynamic_j = dynamic_energy_j(reading.gpu.total_j, baseline.total_w, reading.gpu.duration_s)
+
     def _window_warnings(self, reading: PhaseEnergy, start_s: float) -> dict[str, str]:
-        found = {"short_window": checks.short_window(reading.duration_s)}
+        found: dict[str, str | None] = {"short_window": checks.short_window(reading.duration_s)}
+        if reading.gpu is not None:
+            found.update(reading.gpu.notes)
+        if reading.gpu_dynamic_j is not None and reading.gpu_dynamic_j < 0:
+            found["negative_dynamic_energy"] = (
+                f"dynamic GPU energy is {reading.gpu_dynamic_j:.1f} J: the window drew less than the idle baseline "
+                f"({reading.gpu_baseline_w:.1f} W); idle power drifts with temperature and clocks, so the work's own "
+                "energy is within that noise of 0 here. Logged as measured, not floored"
+            )
         if self._gpu is not None:
             window = samples_in(self._sampler.samples, start_s - 0.5, time.monotonic())
             pids_at_end = {d.target.cuda_index: running_pids(self._nvml, d) for d in self._devices}
@@ -254,20 +399,26 @@ class EnergyMonitor:
     def metrics(self, measured: PhaseEnergy, output_tokens: int, requests: int) -> dict[str, float]:
         """MLflow metrics for the measured window; a quantity not measured is absent, never 0."""
         m: dict[str, float] = {}
-        dynamic_j = None
         if measured.gpu is not None:
             m["energy/gpu_j"] = measured.gpu.total_j
             for gpu, joules in sorted(measured.gpu.energy_j.items()):
                 m[f"energy/gpu{gpu}_j"] = joules
+            if measured.gpu.sampled_j is not None and measured.gpu.method == "nvml_counter":
+                m["energy/gpu_sampled_j"] = measured.gpu.sampled_j
             if measured.gpu.mean_power_w is not None:
                 m["power/gpu_mean_w"] = measured.gpu.mean_power_w
             if measured.gpu.peak_power_w is not None:
                 m["power/gpu_peak_w"] = measured.gpu.peak_power_w
-            if self._baseline is not None:
-                dynamic_j = dynamic_energy_j(measured.gpu.total_j, self._baseline.total_w, measured.gpu.duration_s)
-                m["energy/gpu_dynamic_j"] = dynamic_j
-        if self._baseline is not None:
-            m["power/gpu_baseline_w"] = self._baseline.total_w
+        if measured.gpu_dynamic_j is not None:
+            m["energy/gpu_dynamic_j"] = measured.gpu_dynamic_j
+        baseline = self._dynamic_baseline()
+        if baseline is not None:
+            m["power/gpu_baseline_w"] = baseline.total_w
+        gpus = {d.target.cuda_index for d in self._devices}
+        for kind, name in ((BEFORE_LOAD, "power/idle_gpu_w_before_load"), (LOADED, "power/idle_gpu_w_loaded")):
+            idle = self._baselines.get(kind)
+            if idle is not None and set(idle.power_w) == gpus:  # another set of GPUs is not comparable
+                m[name] = idle.total_w
         if measured.host is not None:
             m["energy/cpu_j"] = measured.host.cpu_j
             m["energy/ram_j"] = measured.host.ram_j
@@ -280,8 +431,8 @@ class EnergyMonitor:
                 m["energy/j_per_output_token"] = total_j / output_tokens
             if requests > 0:
                 m["energy/j_per_request"] = total_j / requests
-        if dynamic_j is not None and output_tokens > 0:
-            m["energy/dynamic_j_per_output_token"] = dynamic_j / output_tokens
+        if measured.gpu_dynamic_j is not None and output_tokens > 0:
+            m["energy/dynamic_j_per_output_token"] = measured.gpu_dynamic_j / output_tokens
         for phase in ("load", "first_generate", "warmup"):
             phase_j = self._readings[phase].total_j if phase in self._readings else None
             if phase_j is not None:
@@ -289,12 +440,12 @@ class EnergyMonitor:
         return m
 
     def tags(self) -> dict[str, str]:
-        """llem.energy.*, llem.gpu.* and llem.warning.* tags."""
+        """llem.energy.*, llem.gpu.*, llem.timeline.* and llem.warning.* tags."""
         measured = [r for phase, r in self._readings.items() if phase.startswith("measure")]
         tags = {
             "llem.energy.gpu_method": self._gpu_method(measured),
             "llem.energy.cpu_method": self._cpu_method(measured),
-            "llem.energy.baseline": self._baseline_note,
+            "llem.energy.baseline": self._baseline_tag(),
         }
         if measured:
             tags["llem.energy.total_sources"] = "+".join(measured[-1].total_sources) or "none"
@@ -303,9 +454,15 @@ class EnergyMonitor:
                 tags["llem.energy.emissions"] = f"unavailable: {emissions_reasons[-1]}"
         if self._codecarbon is not None:
             tags.setdefault("llem.energy.emissions", f"CodeCarbon offline, country {self.cfg.energy.country_iso_code}")
-        if self._sampler is not None and self._sampler.error:
-            tags["llem.energy.sampler"] = self._sampler.error
+        if self._sampler is not None:
+            if self._sampler.error:
+                tags["llem.energy.sampler"] = self._sampler.error
+            note = downsampling_note(self._sampler.samples)
+            if note:
+                tags["llem.timeline.downsampled"] = note
         tags.update(self._gpu_tags())
+        for name, text in self._run_warnings.items():
+            tags[f"llem.warning.{name}"] = text
         checked = [r for phase, r in self._readings.items() if phase.startswith(CHECKED_PHASES)]
         for reading in checked:
             for name, text in reading.warnings.items():
@@ -313,6 +470,19 @@ class EnergyMonitor:
                 key = f"llem.warning.{name}"
                 tags[key] = f"{tags[key]} | {prefix}{text}" if key in tags else f"{prefix}{text}"
         return {k: v[:5000] for k, v in tags.items()}  # MLflow's tag value limit is generous, but not infinite
+
+    def _baseline_tag(self) -> str:
+        """How the idle baselines went, and which one dynamic energy subtracts."""
+        text = self._baseline_notes[BEFORE_LOAD]
+        if self._baseline_notes.get(LOADED, text) != text:
+            text += f"; with the model resident: {self._baseline_notes[LOADED]}"
+        chosen = self._dynamic_baseline()
+        if chosen is not None:
+            where = "with the model resident" if chosen.kind == LOADED else "before the model loaded"
+            text += f"; dynamic energy subtracts the idle power measured {where} ({chosen.total_w:.1f} W)"
+        elif self._baselines:
+            text += "; no idle baseline on the GPUs measured now: dynamic energy absent"
+        return text
 
     def _gpu_method(self, measured: list[PhaseEnergy]) -> str:
         if self._gpu is None:
@@ -342,6 +512,8 @@ class EnergyMonitor:
             "llem.gpu.indices": each([d.target.cuda_index for d in self._devices]),
             "llem.gpu.name": each([d.name for d in self._devices]),
             "llem.gpu.uuid": each([d.target.uuid for d in self._devices]),
+            "llem.gpu.pci_bus_id": each([d.pci_bus_id for d in self._devices]),
+            "llem.gpu.mapping": self._mapping,
             "llem.gpu.driver": self._driver,
             "llem.gpu.power_limit_w": each([None if d.power_limit_w is None else f"{d.power_limit_w:g}" for d in self._devices]),
             "llem.gpu.persistence_mode": each(
@@ -371,24 +543,26 @@ class EnergyMonitor:
     def record(self) -> EnergyRecord:
         """The raw data behind the energy artifacts (written by the reporter: tables and plots are its job)."""
         csv_path = self._codecarbon.csv_path if self._codecarbon is not None else None
+        chosen = self._dynamic_baseline()
         return EnergyRecord(
             samples=list(self._sampler.samples) if self._sampler is not None else [],
             phases=dict(self._phases),
-            baseline_w=dict(self._baseline.power_w) if self._baseline else {},
+            baseline_w=dict(chosen.power_w) if chosen else {},
             codecarbon_csv=csv_path if csv_path is not None and csv_path.exists() else None,
             phases_summary=self._phases_summary(),
             windows_s=dict(self._windows_s),
         )
 
     def write_artifacts(self, directory: Path) -> list[Path]:
+        """Timeline table, CodeCarbon CSV, per-phase energy JSON and plots/power_timeline.png."""
         from llem_mlflow.energy.artifacts import write_energy_artifacts
 
         return write_energy_artifacts(self.record(), directory)
 
     def _phases_summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {}
-        if self._baseline is not None:
-            summary["baseline"] = {"power_w": self._baseline.power_w, "duration_s": self._baseline.duration_s}
+        for kind, baseline in self._baselines.items():
+            summary[kind] = {"power_w": baseline.power_w, "duration_s": baseline.duration_s, "method": baseline.method}
         for phase, r in self._readings.items():
             summary[phase] = {
                 "start_ms": r.start_ms,
@@ -403,5 +577,8 @@ class EnergyMonitor:
                 "host_reason": r.host_reason,
                 "total_j": r.total_j,
                 "warnings": r.warnings,
+                "gpu_notes": r.gpu.notes if r.gpu else {},
+                "gpu_sampled_j": r.gpu.sampled_j if r.gpu else None,
+                "gpu_dynamic_j": r.gpu_dynamic_j,
             }
         return summary

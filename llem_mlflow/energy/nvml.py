@@ -9,12 +9,13 @@ error escapes as a crash.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from llem_mlflow.energy.devices import GpuTarget
+from llem_mlflow.energy.devices import GpuTarget, NvmlBoard
 from llem_mlflow.energy.readings import GpuReading, GpuSample, now_ms
 from llem_mlflow.errors import EnergyError
 
@@ -27,8 +28,10 @@ NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_FI_DEV_POWER_INSTANT = 186
+NVML_DEVICE_ARCH_AMPERE = 7
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
 NVML_FEATURE_ENABLED = 1
@@ -38,6 +41,7 @@ _NAMES = {
     NVML_ERROR_UNINITIALIZED: "Uninitialized",
     NVML_ERROR_NOT_SUPPORTED: "NotSupported",
     NVML_ERROR_NO_PERMISSION: "NoPermission",
+    NVML_ERROR_NOT_FOUND: "NotFound",
     NVML_ERROR_DRIVER_NOT_LOADED: "DriverNotLoaded",
     NVML_ERROR_LIBRARY_NOT_FOUND: "LibraryNotFound",
     NVML_ERROR_FUNCTION_NOT_FOUND: "FunctionNotFound",
@@ -110,10 +114,27 @@ def open_nvml(lib: Any | None = None) -> Nvml:
     return nvml
 
 
-def all_uuids(nvml: Nvml) -> list[str]:
-    """Every GPU's UUID by NVML index."""
-    count = nvml.call("nvmlDeviceGetCount")
-    return [_text(nvml.call("nvmlDeviceGetUUID", nvml.call("nvmlDeviceGetHandleByIndex", i))) for i in range(count)]
+def read_boards(nvml: Nvml) -> list[NvmlBoard]:
+    """Every board by NVML index: UUID, PCI bus id and, with MIG on, its instances' UUIDs."""
+    boards = []
+    for index in range(nvml.call("nvmlDeviceGetCount")):
+        handle = nvml.call("nvmlDeviceGetHandleByIndex", index)
+        pci = nvml.optional("nvmlDeviceGetPciInfo", handle)
+        uuid = _text(nvml.call("nvmlDeviceGetUUID", handle))
+        boards.append(NvmlBoard(index, uuid, _text(pci.busId) if pci else None, _mig_uuids(nvml, handle)))
+    return boards
+
+
+def _mig_uuids(nvml: Nvml, handle: Any) -> tuple[str, ...]:
+    mode = nvml.optional("nvmlDeviceGetMigMode", handle)
+    if not mode or mode[0] != NVML_FEATURE_ENABLED:
+        return ()
+    uuids = []
+    for slot in range(nvml.optional("nvmlDeviceGetMaxMigDeviceCount", handle) or 0):
+        mig = nvml.optional("nvmlDeviceGetMigDeviceHandleByIndex", handle, slot)  # empty slots: NotFound
+        if mig is not None:
+            uuids.append(_text(nvml.call("nvmlDeviceGetUUID", mig)))
+    return tuple(uuids)
 
 
 @dataclass
@@ -128,6 +149,14 @@ class GpuDevice:
     mig: str
     counter_supported: bool
     instant_power_supported: bool
+    pci_bus_id: str | None = None
+    usage_averaged: bool = False  # nvmlDeviceGetPowerUsage is a 1 s moving average on this board
+
+    @property
+    def power_method(self) -> str:
+        """How its sampled power integrates: the instant field, or a 1 s average that lags."""
+        averaged = self.usage_averaged and not self.instant_power_supported
+        return "nvml_averaged_power_integral" if averaged else "nvml_power_integral"
 
 
 def open_device(nvml: Nvml, target: GpuTarget) -> GpuDevice:
@@ -135,18 +164,42 @@ def open_device(nvml: Nvml, target: GpuTarget) -> GpuDevice:
     limit_mw = nvml.optional("nvmlDeviceGetEnforcedPowerLimit", handle)
     persistence = nvml.optional("nvmlDeviceGetPersistenceMode", handle)
     mig = nvml.optional("nvmlDeviceGetMigMode", handle)
+    pci = nvml.optional("nvmlDeviceGetPciInfo", handle)
+    name = _text(nvml.optional("nvmlDeviceGetName", handle) or "unknown")
     device = GpuDevice(
         target=target,
         handle=handle,
-        name=_text(nvml.optional("nvmlDeviceGetName", handle) or "unknown"),
+        name=name,
         power_limit_w=limit_mw / 1000.0 if limit_mw is not None else None,
         persistence_mode=None if persistence is None else persistence == NVML_FEATURE_ENABLED,
-        mig="not supported" if mig is None else ("enabled" if mig[0] == NVML_FEATURE_ENABLED else "disabled"),
+        mig=_mig_text(mig, target),
         counter_supported=nvml.optional("nvmlDeviceGetTotalEnergyConsumption", handle) is not None,
         instant_power_supported=False,
+        pci_bus_id=_text(pci.busId) if pci else None,
+        usage_averaged=_usage_is_averaged(nvml.optional("nvmlDeviceGetArchitecture", handle), name),
     )
     device.instant_power_supported = _instant_power_mw(nvml, handle) is not None
     return device
+
+
+def _mig_text(mode: Any, target: GpuTarget) -> str:
+    if mode is None:
+        return "not supported"
+    if mode[0] != NVML_FEATURE_ENABLED:
+        return "disabled"
+    if not target.mig_instances:
+        return "enabled"
+    return f"enabled: all {len(target.mig_instances)} instance(s) in this run"
+
+
+def _usage_is_averaged(architecture: int | None, name: str) -> bool:
+    """NVML: nvmlDeviceGetPowerUsage is a 1 s average on Ampere and newer, except GA100 (A100, A30,
+    A800), where it is instantaneous, as on older boards. Unknown architecture: assume averaged."""
+    if architecture is None or architecture >= 0xFFFFFFFF:
+        return True
+    if architecture < NVML_DEVICE_ARCH_AMPERE:
+        return False
+    return not re.search(r"\bA(100|30|800)\b", name)
 
 
 def _instant_power_mw(nvml: Nvml, handle: Any) -> float | None:
@@ -186,7 +239,7 @@ class PowerSampler:
 
     def __init__(self, nvml: Nvml, devices: list[GpuDevice], interval_s: float):
         self._nvml = nvml
-        self._devices = devices
+        self._devices = list(devices)
         self._interval_s = interval_s
         self._samples: list[GpuSample] = []
         self._lock = threading.Lock()
@@ -205,15 +258,23 @@ class PowerSampler:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def set_devices(self, devices: list[GpuDevice]) -> None:
+        """Sample these GPUs from the next tick on (the model landed on other GPUs than configured)."""
+        with self._lock:
+            self._devices = list(devices)
+
     @property
     def samples(self) -> list[GpuSample]:
+        """Every sample in time order (ticks from the edges and the thread can land out of order)."""
         with self._lock:
-            return list(self._samples)
+            return sorted(self._samples, key=lambda s: s.monotonic_s)
 
     def sample_now(self) -> float:
         """One tick for every GPU, stamped with one time (so ticks sum over GPUs); returns that time."""
+        with self._lock:
+            devices = list(self._devices)
         monotonic_s, timestamp_ms = time.monotonic(), now_ms()
-        tick = [self._sample(device, monotonic_s, timestamp_ms) for device in self._devices]
+        tick = [self._sample(device, monotonic_s, timestamp_ms) for device in devices]
         with self._lock:
             self._samples.extend(tick)
         return monotonic_s
@@ -263,8 +324,8 @@ class PowerSampler:
 
 
 def integrate_power_j(samples: list[GpuSample], gpu: int) -> float | None:
-    """Trapezoid integral of one GPU's sampled power over the samples given; None with under 2 samples."""
-    points = [(s.monotonic_s, s.power_w) for s in samples if s.gpu == gpu and s.power_w is not None]
+    """Trapezoid integral of one GPU's sampled power, in time order; None with under 2 samples."""
+    points = sorted((s.monotonic_s, s.power_w) for s in samples if s.gpu == gpu and s.power_w is not None)
     if len(points) < 2:
         return None
     return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(points, points[1:]))
@@ -283,21 +344,37 @@ def peak_total_power_w(samples: list[GpuSample]) -> float | None:
     return max(ticks.values()) if ticks else None
 
 
+AVERAGING_S = 1.0  # nvmlDeviceGetPowerUsage's moving average on Ampere (except GA100) and newer
+COUNTER_CHECK_MIN_S = 5.0  # the counter and the sampled integral are compared on windows this long
+COUNTER_CHECK_TOLERANCE = 0.10
+
+
 class NvmlGpuSource:
-    """begin()/end() -> GpuReading: counter deltas per GPU, with a CUDA synchronize at each edge."""
+    """begin()/end() -> GpuReading: counter deltas per GPU, with a CUDA synchronize at each edge.
+
+    A GPU whose counter is missing, went backwards (a driver reload resets it) or did not advance
+    in the window (it updates about every 100 ms) gets the integral of its sampled power for that
+    window instead, and the reading says so (method and notes): never a made-up 0.
+    """
 
     def __init__(self, nvml: Nvml, devices: list[GpuDevice], sampler: PowerSampler, synchronize: Callable[[], None]):
         self._nvml = nvml
-        self._devices = devices
+        self._devices = list(devices)
         self._sampler = sampler
         self._synchronize = synchronize
         self._start_s: float | None = None
         self._start_j: dict[int, float] | None = None
         self._start_tick_s = 0.0
 
+    def set_devices(self, devices: list[GpuDevice]) -> None:
+        self._devices = list(devices)
+
     @property
     def method(self) -> str:
-        return "nvml_counter" if all(d.counter_supported for d in self._devices) else "nvml_power_integral"
+        """The method a window uses when nothing goes wrong."""
+        if all(d.counter_supported for d in self._devices):
+            return "nvml_counter"
+        return "+".join(sorted({d.power_method for d in self._devices}))
 
     def begin(self) -> None:
         self._synchronize()  # work queued before the window must not land inside it
@@ -314,35 +391,79 @@ class NvmlGpuSource:
         end_tick_s = self._sampler.sample_now()
         window = samples_in(self._sampler.samples, self._start_tick_s, end_tick_s)
         start_j, self._start_s, self._start_j = self._start_j, None, None
-        if start_j is not None and end_j is not None:
-            energy = {gpu: end_j[gpu] - start_j[gpu] for gpu in end_j}
-            method = "nvml_counter"
-        else:
-            energy = {}
-            for device in self._devices:
-                gpu = device.target.cuda_index
-                joules = integrate_power_j(window, gpu)
-                if joules is None:
-                    raise NvmlError(f"GPU {gpu}: no energy counter and too few power samples to integrate")
-                energy[gpu] = joules
-            method = "nvml_power_integral"
+        energy: dict[int, float] = {}
+        methods: set[str] = set()
+        notes: dict[str, list[str]] = {}
+        for device in self._devices:
+            gpu = device.target.cuda_index
+            delta = None if start_j is None or end_j is None else end_j[gpu] - start_j[gpu]
+            if delta is not None and delta > 0:
+                energy[gpu] = delta
+                methods.add("nvml_counter")
+                continue
+            if delta is not None and delta < 0:
+                notes.setdefault("counter_reset", []).append(
+                    f"GPU {gpu}: the energy counter went back by {-delta:.1f} J (a driver reload restarts it at 0); "
+                    "this window's energy is the integral of sampled power instead"
+                )
+            elif delta == 0:
+                notes.setdefault("counter_stalled", []).append(
+                    f"GPU {gpu}: the energy counter did not advance in this {duration_s:.3f} s window (it updates "
+                    "about every 100 ms); this window's energy is the integral of sampled power instead"
+                )
+            joules = integrate_power_j(window, gpu)
+            if joules is None:
+                raise NvmlError(f"GPU {gpu}: no energy counter and too few power samples to integrate")
+            energy[gpu] = joules
+            methods.add(device.power_method)
+            if device.power_method == "nvml_averaged_power_integral":
+                notes.setdefault("averaged_power", []).append(_averaged_power_note(window, gpu))
+        sampled_j = _sum_or_none([integrate_power_j(window, d.target.cuda_index) for d in self._devices])
+        instant = all(d.power_method == "nvml_power_integral" for d in self._devices)  # an average would lag
+        if methods == {"nvml_counter"} and sampled_j and instant and duration_s >= COUNTER_CHECK_MIN_S:
+            counter_j = sum(energy.values())
+            if abs(counter_j / sampled_j - 1) > COUNTER_CHECK_TOLERANCE:
+                notes["counter_vs_samples"] = [
+                    f"the energy counter ({counter_j:.1f} J) and the integral of sampled power ({sampled_j:.1f} J) "
+                    f"differ by {100 * (counter_j / sampled_j - 1):+.0f} % over {duration_s:.1f} s (tolerance "
+                    f"{100 * COUNTER_CHECK_TOLERANCE:.0f} %): a counter reset inside the window, a miscalibrated "
+                    "sensor, or the wrong board"
+                ]
         return GpuReading(
             energy_j=energy,
-            method=method,
+            method="+".join(sorted(methods)),
             duration_s=duration_s,
             peak_power_w=peak_total_power_w(window),
             samples=len({s.monotonic_s for s in window}),
+            sampled_j=sampled_j,
+            notes={name: "; ".join(texts) for name, texts in notes.items()},
         )
 
     def _read_counters(self) -> dict[int, float] | None:
         """Counter per GPU in J, or None when any GPU lacks it (then the window integrates power)."""
-        if self.method != "nvml_counter":
+        if not all(d.counter_supported for d in self._devices):
             return None
         try:
             return {d.target.cuda_index: read_counter_j(self._nvml, d) for d in self._devices}
         except NvmlError as exc:
             log.warning("NVML energy counter read failed (%s); integrating sampled power for this window", exc)
             return None
+
+
+def _averaged_power_note(window: list[GpuSample], gpu: int) -> str:
+    """The error bound of integrating a 1 s moving average: it lags by half a second at each edge."""
+    powers = [s.power_w for s in window if s.gpu == gpu and s.power_w is not None]
+    low, high = min(powers), max(powers)
+    return (
+        f"GPU {gpu}: this window integrates nvmlDeviceGetPowerUsage, which this board averages over the last "
+        f"{AVERAGING_S:.0f} s (no instant power field): the figure lags the real power by ~{AVERAGING_S / 2:.1f} s, "
+        f"so each edge may be off by up to {AVERAGING_S / 2:.1f} s x the power change there "
+        f"(here up to {AVERAGING_S / 2 * (high - low):.1f} J per edge, power {low:.0f}-{high:.0f} W)"
+    )
+
+
+def _sum_or_none(parts: list[float | None]) -> float | None:
+    return None if not parts or any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
 
 
 def _text(value: bytes | str) -> str:

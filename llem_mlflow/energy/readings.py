@@ -47,10 +47,12 @@ class GpuReading:
     """NVML energy of one window, per GPU (CUDA index -> joules)."""
 
     energy_j: dict[int, float]
-    method: str  # "nvml_counter" | "nvml_power_integral"
+    method: str  # "nvml_counter" | "nvml_power_integral" | "nvml_averaged_power_integral", "+"-joined when GPUs differ
     duration_s: float
     peak_power_w: float | None  # highest sampled total power (all GPUs) in the window
     samples: int  # sampler ticks inside the window
+    sampled_j: float | None = None  # integral of the sampled power, all GPUs: the counter's cross-check
+    notes: dict[str, str] = field(default_factory=dict)  # validity warnings found by the source (name -> text)
 
     @property
     def total_j(self) -> float:
@@ -86,6 +88,8 @@ class PhaseEnergy:
     host: HostReading | None = None
     host_reason: str | None = None  # why host is None
     warnings: dict[str, str] = field(default_factory=dict)
+    gpu_dynamic_j: float | None = None  # GPU energy above the idle baseline (may be negative: never floored)
+    gpu_baseline_w: float | None = None  # the idle power subtracted (all GPUs)
 
     @property
     def total_j(self) -> float | None:
