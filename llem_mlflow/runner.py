@@ -126,7 +126,9 @@ class Measurement:
                 "generation_config": generator.resolved_generation_config(),
             }
         )
-        return generator, generator.batches(prompts)
+        batches = generator.batches(prompts)
+        self.add_tags(generator.truncation.tags())  # llem.warning.truncated_prompts, when any was cut
+        return generator, batches
 
     def run_warmup(self, generator: Generator, batches: list[Batch]) -> None:
         warm = [batches[i % len(batches)] for i in range(self.cfg.warmup.n_batches)]

@@ -19,6 +19,7 @@ from helpers import (
     assert_failed_with,
     before_batch,
     only_run,
+    wait_for_measuring,
     write_config,
 )
 
@@ -66,7 +67,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_p
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
     try:
-        _wait_for_measuring(process)
+        wait_for_measuring(process)
         time.sleep(3)  # some batches finish
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=180)
@@ -88,22 +89,6 @@ def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_p
     phases = artifact_json(run.info.run_id, "energy_phases.json")
     assert phases["load"]["cpu_j"] > 0 and phases["warmup"]["cpu_j"] > 0
     assert "codecarbon_emissions.csv" in artifact_paths(run.info.run_id)
-
-
-def _wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Until the run exists and warmup is over: the store has the run with time/warmup_s... or the
-    device tag, which the runner sets right after the model loaded (then warmup takes one batch)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"the run ended before it could be interrupted ({process.returncode}):\n{err[-3000:]}")
-        runs = all_runs()
-        if runs and "llem.device.type" in runs[0].data.tags:
-            time.sleep(2)  # warmup (one batch) and the start of measure
-            return
-        time.sleep(0.5)
-    pytest.fail("the run did not reach the measure phase in time")
 
 
 def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store, tmp_path, capsys, monkeypatch):
@@ -147,3 +132,51 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     assert "RAPL" in tags["llem.energy.cpu_method"]
     # What was measured before the meters failed is kept.
     assert m["energy/load_j"] > 0 and m["energy/warmup_j"] > 0
+
+
+def _disk_full_from(first_failing: str, monkeypatch, spare: tuple[str, ...] = ()) -> list[str]:
+    """The artifact store's disk fills up when `first_failing` is written: from then on every artifact
+    write fails with ENOSPC (except the names in `spare`, for a disk that has room for a small file again)."""
+    import errno
+
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    real = LocalArtifactRepository.log_artifact
+    written: list[str] = []
+    full = []
+
+    def log_artifact(self, local_file, artifact_path=None):
+        name = os.path.basename(local_file)
+        if name == first_failing:
+            full.append(True)
+        if full and name not in spare:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(name)
+        return real(self, local_file, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", log_artifact)
+    return written
+
+
+def test_disk_full_ends_failed_naming_the_file_and_never_leaves_a_complete_results_json(mlflow_store, tmp_path, capsys, monkeypatch):
+    _disk_full_from("requests.csv", monkeypatch)  # the disk fills up while the results are stored
+    cfg = write_config(tmp_path / "exp.yaml")
+    assert launch(str(cfg), quiet=True) == EXIT_FAULT
+    err = capsys.readouterr().err
+    run = only_run()
+    assert run.info.status == "FAILED"
+    error = run.data.tags["llem.error"]
+    for needle in ("No space left on device", "cannot store artifact 'requests.csv'", run.info.artifact_uri, "Fix: free space"):
+        assert needle in error and needle in err, (needle, error)
+    # Nothing after the fault could be stored, and no results.json claims a complete run.
+    assert "results.json" not in artifact_paths(run.info.run_id)
+
+
+def test_disk_full_keeps_error_txt_and_partial_results_where_there_is_room(mlflow_store, tmp_path, capsys, monkeypatch):
+    _disk_full_from("requests.csv", monkeypatch, spare=("results.json", "error.txt"))  # small files still fit
+    cfg = write_config(tmp_path / "exp.yaml")
+    assert launch(str(cfg), quiet=True) == EXIT_FAULT
+    run = only_run()
+    assert_failed_with(run, "No space left on device", "requests.csv")  # tag and error.txt
+    results = artifact_json(run.info.run_id, "results.json")
+    assert results["status"] == "partial" and "No space left on device" in results["error"]

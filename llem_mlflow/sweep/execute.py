@@ -29,10 +29,14 @@ from llem_mlflow.sweep.resume import (
     ROLE_TAG,
     STUDY_HASH_TAG,
     adopt_children,
+    children,
     earlier_parents,
     finished_counts,
 )
+from llem_mlflow.lifeline import STOP_WITH_PARENT_ENV
 from llem_mlflow.sweep.study import Point, Study
+from llem_mlflow.tracking.heartbeat import Heartbeat, dead_reason
+from llem_mlflow.tracking.recover import DeadRun, mark_dead
 from llem_mlflow.tracking.run import RunLogger
 
 RUN_ID_LINE = re.compile(r"run_id:\s*([0-9a-f]{32})\b")
@@ -81,12 +85,23 @@ def run_study(
     quiet: bool = False,
 ) -> StudyResult:
     """Run the points of the study that have not finished yet, then summarise it on the parent."""
-    from mlflow.tracking import MlflowClient
+    from llem_mlflow.tracking.store import open_client
 
+    client = open_client()
+    parent_id, experiment_id = open_parent(client, study, experiment_name, experiment_id, echo)
+    heartbeat = Heartbeat(client, parent_id).start()  # a dead sweep's parent and children are told apart
+    try:
+        return _run_todo(client, study, parent_id, experiment_id, echo, quiet, heartbeat)
+    finally:
+        heartbeat.stop()
+
+
+def _run_todo(
+    client: Any, study: Study, parent_id: str, experiment_id: str, echo: Callable[[str], None], quiet: bool, heartbeat: Any
+) -> StudyResult:
     from llem_mlflow.sweep.summary import summarise
 
-    client = MlflowClient()
-    parent_id, experiment_id = open_parent(client, study, experiment_name, experiment_id, echo)
+    mark_dead_children(client, study, experiment_id, echo)
     done = finished_counts(client, experiment_id, parent_id)
     todo = study.schedule(done)
     skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
@@ -103,22 +118,44 @@ def run_study(
                 runs.append(result)
                 echo(f"[{i}/{len(todo)}] {label}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
         except KeyboardInterrupt:
+            heartbeat.stop()
             _end_parent(client, parent_id, "KILLED")
             raise
         except BaseException:
+            heartbeat.stop()
             _end_parent(client, parent_id, "FAILED")  # never leave the parent RUNNING
             raise
     try:
         summarise(client, study, parent_id, experiment_id, echo)
         counts = finished_counts(client, experiment_id, parent_id)
     except BaseException:
+        heartbeat.stop()
         _end_parent(client, parent_id, "FAILED")
         raise
     complete = all(counts.get(p.config_hash, 0) >= study.repeats for p in study.points)
     if not complete:
         client.set_tag(parent_id, "llem.sweep.incomplete", "some points have no FINISHED run; run the study again to retry them")
+    heartbeat.stop()
     _end_parent(client, parent_id, "FINISHED" if complete else "FAILED")
     return StudyResult(parent_id, experiment_id, runs, complete)
+
+
+def mark_dead_children(client: Any, study: Study, experiment_id: str, echo: Callable[[str], None]) -> int:
+    """On resume: children of this study's parents left RUNNING by a session that died (its process is
+    gone, or its heartbeat stale) are marked FAILED "process died", so they count as what they are."""
+    marked = 0
+    for parent in earlier_parents(client, experiment_id, study.study_hash):
+        for run in children(client, experiment_id, parent.info.run_id, status="RUNNING"):
+            reason = dead_reason(run)
+            if reason is None:
+                echo(f"child run {run.info.run_id} is RUNNING with a recent heartbeat: left as it is (another session?); "
+                     "it is not in the summary")  # fmt: skip
+                continue
+            mark_dead(client, DeadRun(run, reason), by="llem-mlflow sweep (resume)")
+            client.set_tag(run.info.run_id, FAILURE_TAG, reason[:5000])
+            echo(f"child run {run.info.run_id} ({run.info.run_name}): {reason}; marked FAILED")
+            marked += 1
+    return marked
 
 
 def open_parent(
@@ -211,6 +248,7 @@ def run_point(
         "--run-name", sweep.run_name(point, repeat),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in PARENT_ONLY_ENV}
+    env[STOP_WITH_PARENT_ENV] = "1"  # the child stops (KILLED) if this sweep dies
     tail: collections.deque[str] = collections.deque(maxlen=20)
     run_id = None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)

@@ -163,15 +163,18 @@ def log_report(logger: Any, report: Report) -> None:
 
         logger.log_history(metric_histories(report.energy.samples))
     logger.log_json({**report.resolved, "environment": with_mlflow_version(report.resolved.get("environment"))}, "config/resolved.json")
-    log_common_artifacts(logger, report)
+    log_common_artifacts(logger, report, with_results=False)
     plot = plot_latency(report.records, report.workdir / "latency.png")
     if plot is not None:
         logger.log_artifact(plot, "plots")
+    logger.log_json(report.results(), "results.json")  # last: "complete" only once everything else is stored
 
 
-def log_common_artifacts(logger: Any, report: Report) -> None:
-    """results.json, requests.csv and the energy files: on success and on failure alike."""
-    logger.log_json(report.results(), "results.json")
+def log_common_artifacts(logger: Any, report: Report, with_results: bool = True) -> None:
+    """results.json (first: after a failure it replaces an earlier one at once; if even that cannot be
+    stored, RunLogger removes the earlier one), requests.csv and the energy files."""
+    if with_results:
+        logger.log_json(report.results(), "results.json")
     if report.records:
         path = report.workdir / "requests.csv"
         write_request_table(report.records, path)
