@@ -45,6 +45,8 @@ def launch(
     from llem_mlflow.tracking import reporter as jobs
     from llem_mlflow.redact import check_recorded_overrides, redact_text
     from llem_mlflow.tracking.reporter import MlflowReporter
+    from llem_mlflow.tracking.heartbeat import interval_s as heartbeat_interval_s
+    from llem_mlflow.tracking.store import check_tracking_server_from_environment
 
     reporter: MlflowReporter | None = None
     measurement: Measurement | None = None
@@ -53,6 +55,8 @@ def launch(
         lifeline.stop_with_parent()  # SIGTERM (-> KILLED) when `mlflow run` or the sweep dies
     try:
         reporter = MlflowReporter()  # MLflow starts in its own process while we read the config
+        check_tracking_server_from_environment()  # a server that is down or refuses us: exit 2 in seconds
+        heartbeat_interval_s()  # a bad LLEM_HEARTBEAT_S is bad input, refused before a run exists
         if os.environ.get("MLFLOW_RUN_ID"):
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
             reporter.open()

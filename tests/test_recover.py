@@ -104,18 +104,21 @@ def test_a_bad_heartbeat_period_is_refused_before_a_run_exists(mlflow_store, tmp
 
 @pytest.mark.slow
 def test_kill_9_mid_measure_then_recover_gives_failed_with_the_logged_data_kept(mlflow_store, tmp_path):
+    """Both of the run's processes (the measuring one and its MLflow reporter) die at once, as when the
+    OOM killer or a scheduler kills the job's whole process group or cgroup: nobody can end the run."""
     cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1})
     process = subprocess.Popen(
-        [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"],
+        [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"], start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LLEM_HEARTBEAT_S": "1"},
     )  # fmt: skip
     try:
         wait_for_measuring(process)
-        process.send_signal(signal.SIGKILL)  # as the OOM killer does: no handler runs
+        os.killpg(process.pid, signal.SIGKILL)  # no handler runs, in either process
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+        time.sleep(1)  # the reporter process, killed too, is reaped by init
     assert only_run().info.status == "RUNNING"  # nobody could end it
 
     result = llem("recover")

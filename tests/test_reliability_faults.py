@@ -4,11 +4,14 @@ with a truthful status, and a meter that fails never stops the benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml
@@ -134,49 +137,75 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     assert m["energy/load_j"] > 0 and m["energy/warmup_j"] > 0
 
 
-def _disk_full_from(first_failing: str, monkeypatch, spare: tuple[str, ...] = ()) -> list[str]:
-    """The artifact store's disk fills up when `first_failing` is written: from then on every artifact
-    write fails with ENOSPC (except the names in `spare`, for a disk that has room for a small file again)."""
-    import errno
-
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-
-    real = LocalArtifactRepository.log_artifact
-    written: list[str] = []
-    full = []
-
-    def log_artifact(self, local_file, artifact_path=None):
-        name = os.path.basename(local_file)
-        if name == first_failing:
-            full.append(True)
-        if full and name not in spare:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(name)
-        return real(self, local_file, artifact_path)
-
-    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", log_artifact)
-    return written
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str = "1m"):
+    """A real, tiny filesystem (tmpfs) at `path`: writes fail with ENOSPC once it is full."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"filling a real disk needs permission to mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_disk_full_ends_failed_naming_the_file_and_never_leaves_a_complete_results_json(mlflow_store, tmp_path, capsys, monkeypatch):
-    _disk_full_from("requests.csv", monkeypatch)  # the disk fills up while the results are stored
-    cfg = write_config(tmp_path / "exp.yaml")
-    assert launch(str(cfg), quiet=True) == EXIT_FAULT
-    err = capsys.readouterr().err
-    run = only_run()
+def fill(disk: Path) -> None:
+    """Write a filler file until the disk is full."""
+    with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def test_disk_full_ends_failed_naming_the_file_and_never_leaves_a_complete_results_json(mlflow_store, tmp_path, capsys):
+    """The artifact store's disk fills up while the run measures (the tracking store, elsewhere, has room)."""
+    from mlflow import MlflowClient
+
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 40}, pytorch={"batch_size": 1})
+    with tiny_disk(tmp_path / "artifacts") as disk:
+        experiment = MlflowClient().create_experiment("full", artifact_location=disk.as_uri())
+        filler = threading.Thread(target=_fill_when_measuring, args=(experiment, disk), daemon=True)
+        filler.start()
+        code = launch(str(cfg), experiment_name="full", quiet=True)
+        filler.join(timeout=60)
+        err = capsys.readouterr().err
+        run = only_run("full")
+        paths = artifact_paths(run.info.run_id)
+    assert code == EXIT_FAULT
     assert run.info.status == "FAILED"
     error = run.data.tags["llem.error"]
-    for needle in ("No space left on device", "cannot store artifact 'requests.csv'", run.info.artifact_uri, "Fix: free space"):
+    for needle in ("No space left on device", "cannot store artifact '", run.info.artifact_uri, "Fix: free space"):
         assert needle in error and needle in err, (needle, error)
-    # Nothing after the fault could be stored, and no results.json claims a complete run.
-    assert "results.json" not in artifact_paths(run.info.run_id)
+    # No results.json claims the run complete (the partial one could not be stored either).
+    assert "results.json" not in paths
 
 
-def test_disk_full_keeps_error_txt_and_partial_results_where_there_is_room(mlflow_store, tmp_path, capsys, monkeypatch):
-    _disk_full_from("requests.csv", monkeypatch, spare=("results.json", "error.txt"))  # small files still fit
+def _fill_when_measuring(experiment_id: str, disk: Path) -> None:
+    from mlflow import MlflowClient
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = MlflowClient().search_runs([experiment_id])
+        if runs and "llem.device.type" in runs[0].data.tags:  # the model is loaded: measuring now
+            fill(disk)
+            return
+        time.sleep(0.1)
+
+
+def test_a_full_temp_folder_still_keeps_error_txt_and_partial_results(mlflow_store, tmp_path, capsys, monkeypatch):
+    """The temp folder (the run's workdir, MLflow's upload staging) is on a full disk; the artifact store
+    is not: the run ends FAILED naming the file, and error.txt and the partial results.json are kept."""
+    import tempfile
+
     cfg = write_config(tmp_path / "exp.yaml")
-    assert launch(str(cfg), quiet=True) == EXIT_FAULT
+    with tiny_disk(tmp_path / "tmp") as disk:
+        fill(disk)
+        monkeypatch.setenv("TMPDIR", str(disk))  # the reporter's process
+        monkeypatch.setattr(tempfile, "tempdir", str(disk))  # this one
+        code = launch(str(cfg), quiet=True)
+        err = capsys.readouterr().err
+    assert code == EXIT_FAULT, err[-3000:]
     run = only_run()
-    assert_failed_with(run, "No space left on device", "requests.csv")  # tag and error.txt
+    assert_failed_with(run, "No space left on device", f"cannot write {disk}")  # the tag, and error.txt kept
     results = artifact_json(run.info.run_id, "results.json")
     assert results["status"] == "partial" and "No space left on device" in results["error"]

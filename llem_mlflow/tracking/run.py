@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from llem_mlflow.errors import TrackingError
 
@@ -144,11 +146,33 @@ class RunLogger:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        """MLflow writes the text to a temp file, then stores it. With the temp folder full (or unwritable),
+        a local artifact store still gets it, written in place: error.txt is kept where that is possible."""
         try:
             self.client.log_text(self.run_id, text, artifact_file)
-        except OSError as exc:  # e.g. disk full (here or in the temp folder): which file, and where
-            self._remove_stale(artifact_file)
-            raise _located(exc, f"cannot store artifact {artifact_file!r} of run {self.run_id} in {self.artifact_uri()}") from exc
+            return
+        except OSError as exc:  # e.g. disk full (in the temp folder or in the store): which file, and where
+            error = exc
+        if self._write_in_place(text, artifact_file):
+            return
+        self._remove_stale(artifact_file)
+        where = f"cannot store artifact {artifact_file!r} of run {self.run_id} in {self.artifact_uri()} (via the temp folder {tempfile.gettempdir()})"
+        raise _located(error, where) from error
+
+    def _write_in_place(self, text: str, artifact_file: str) -> bool:
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        if "://" in uri and not uri.startswith("file:"):
+            return False
+        target = Path(local_file_uri_to_path(uri)) / artifact_file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            return True
+        except OSError:
+            target.unlink(missing_ok=True)  # a half-written file must not pass for the artifact
+            return False
 
     def end(self, status: str) -> None:
         """Mark the run terminated (FINISHED, FAILED or KILLED). Idempotent."""
@@ -204,6 +228,15 @@ def _experiment_id(client: Any, name: str | None) -> str:
             raise
         # Another run created it between our look-up and our create (parallel runs).
         return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Writing a local file (the run's workdir): an OS error (a full disk) says which file."""
+    try:
+        yield
+    except OSError as exc:
+        raise _located(exc, f"cannot write {path}") from exc
 
 
 def _located(exc: OSError, where: str) -> OSError:

@@ -71,26 +71,40 @@ def hide_credentials_from_mlflow_output(uri: str) -> None:
 
 # --- http(s): is the server there, and does it let us in? ------------------------------------
 def check_server(uri: str, connect_s: float = CONNECT_TIMEOUT_S, answer_s: float = ANSWER_TIMEOUT_S) -> None:
-    """One search request, no retries: TrackingError naming what is wrong and the fix."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
+    """One search request, no retries: TrackingError naming what is wrong and the fix.
 
+    Standard library only (no MLflow import: `llem-mlflow run` calls it in the measuring process,
+    before anything heavy). Credentials as MLflow reads them: MLFLOW_TRACKING_USERNAME/PASSWORD
+    (or ~/.mlflow/credentials), MLFLOW_TRACKING_TOKEN, or the URI's user:password; TLS settings
+    from MLFLOW_TRACKING_INSECURE_TLS / _SERVER_CERT_PATH / _CLIENT_CERT_PATH. With an auth plugin
+    or AWS SigV4 (which we cannot reproduce) a 401/403 is left to MLflow to judge.
+    """
+    import urllib.error
+    import urllib.request
+
+    parsed = urlparse(uri)
     where = f"the MLflow tracking server at {redact_uri(uri)} (MLFLOW_TRACKING_URI)"
-    host = urlparse(uri).hostname
+    host = parsed.hostname
     if not host:
         raise TrackingError(f"{where}: the URI has no host name; write it as http://HOST:PORT")
     _resolve(host, connect_s, where)
+    port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
     try:
-        response = http_request(
-            get_default_host_creds(uri), SEARCH_ENDPOINT, "GET", max_retries=0, backoff_factor=0,
-            timeout=(connect_s, answer_s), raise_on_status=False, params={"max_results": 1},
-        )  # fmt: skip
-    except MlflowException as exc:
-        raise TrackingError(f"{where}: {_connection_problem(exc, connect_s, answer_s)}") from None
-    status = response.status_code
-    if status == 200:
-        return
+        socket.create_connection((host, port), timeout=connect_s).close()
+    except OSError as exc:
+        raise TrackingError(f"{where}: {_connection_problem(exc, f'no connection within {connect_s:.0f} s')}") from None
+    netloc = parsed.netloc.rpartition("@")[2]  # credentials go in a header, not the URL
+    url = parsed._replace(netloc=netloc).geturl().rstrip("/") + SEARCH_ENDPOINT + "?max_results=1"
+    headers, auth_known = _auth_headers(parsed)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=answer_s, context=_tls_context(parsed)):
+            return
+    except urllib.error.HTTPError as exc:
+        status, reason = exc.code, exc.reason
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(f"{where}: {_connection_problem(exc, f'connected, but no answer within {answer_s:.0f} s')}") from None
+    if status in (401, 403) and not auth_known:
+        return  # an auth plugin or SigV4 signs MLflow's requests, not ours: MLflow will tell
     if status == 401:
         raise TrackingError(
             f"{where} answered 401 Unauthorized: it requires a login. Fix: set MLFLOW_TRACKING_USERNAME and "
@@ -107,9 +121,48 @@ def check_server(uri: str, connect_s: float = CONNECT_TIMEOUT_S, answer_s: float
             "server, or the URI's path is wrong. Fix: use the address `mlflow server` prints (http://HOST:PORT)"
         )
     raise TrackingError(
-        f"{where} answered HTTP {status} ({response.reason}) to a simple search. Fix: check the server's log; "
+        f"{where} answered HTTP {status} ({reason}) to a simple search. Fix: check the server's log; "
         "it may be starting up or overloaded"
     )
+
+
+def _auth_headers(parsed: Any) -> tuple[dict[str, str], bool]:
+    """The Authorization header MLflow would send, and whether we know MLflow's auth fully."""
+    import base64
+    import configparser
+
+    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    credentials_file = Path("~/.mlflow/credentials").expanduser()
+    if credentials_file.is_file():
+        config = configparser.ConfigParser()
+        config.read(credentials_file)
+        section = config["mlflow"] if "mlflow" in config else {}
+        username = username or section.get("mlflow_tracking_username")
+        password = password or section.get("mlflow_tracking_password")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if not (username and password) and parsed.username:  # requests takes them from the URL
+        username, password = parsed.username, parsed.password or ""
+    known = not (os.environ.get("MLFLOW_TRACKING_AUTH") or os.environ.get("MLFLOW_TRACKING_AWS_SIGV4", "").lower() == "true")
+    if username and password is not None and (password or parsed.username):
+        pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}, known
+    if token:
+        return {"Authorization": f"Bearer {token}"}, known
+    return {}, known
+
+
+def _tls_context(parsed: Any) -> Any:
+    if parsed.scheme.lower() != "https":
+        return None
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        context.load_cert_chain(client_cert)
+    return context
 
 
 def _resolve(host: str, timeout_s: float, where: str) -> None:
@@ -131,41 +184,35 @@ def _resolve(host: str, timeout_s: float, where: str) -> None:
         pool.shutdown(wait=False)
 
 
-def _connection_problem(exc: BaseException, connect_s: float, answer_s: float) -> str:
-    """What a failed request means, from the exception chain (MLflow wraps the requests error)."""
-    chain = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 10:
-        chain.append(f"{type(seen).__name__}: {seen}")
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(chain)
-    if "Connection refused" in text or "ConnectionRefusedError" in text:
+def _connection_problem(exc: BaseException, timed_out: str) -> str:
+    """What a failed connection or request means, from the exception (and what it wraps)."""
+    reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
+    text = f"{type(reason).__name__}: {reason}"
+    if isinstance(reason, ConnectionRefusedError) or "Connection refused" in text:
         return (
             "connection refused: nothing listens on that host and port. Fix: start the server "
             "(`mlflow server --host 127.0.0.1 --port PORT`) or correct the port in MLFLOW_TRACKING_URI"
         )
-    if "ConnectTimeout" in text or "connect timeout" in text.lower():
+    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in text:
         return (
-            f"no connection within {connect_s:.0f} s (timeout). Fix: check that the host and port are right and "
-            "reachable (firewall, VPN)"
-        )
-    if "Timeout" in text or "timed out" in text:
-        return (
-            f"connected, but no answer within {answer_s:.0f} s (timeout). Fix: check that this is the MLflow "
-            "server's port and that the server is not overloaded or stuck"
+            f"{timed_out} (timeout). Fix: check that the host and port are right and reachable (firewall, VPN), "
+            "and that the server is not overloaded or stuck"
         )
     if "SSL" in text or "CERTIFICATE" in text:
         return (
-            f"the TLS handshake failed ({_last_line(text)}). Fix: use http:// for a server without TLS, or set "
-            "MLFLOW_TRACKING_SERVER_CERT_PATH to its CA bundle (MLFLOW_TRACKING_INSECURE_TLS=true skips the check)"
+            f"the TLS handshake failed ({redact_uri(str(reason))[:300]}). Fix: use http:// for a server without TLS, or "
+            "set MLFLOW_TRACKING_SERVER_CERT_PATH to its CA bundle (MLFLOW_TRACKING_INSECURE_TLS=true skips the check)"
         )
-    if "Name or service not known" in text or "NameResolution" in text or "getaddrinfo" in text:
-        return "the host name cannot be resolved (DNS). Fix: check the host in MLFLOW_TRACKING_URI"
-    return f"cannot reach it: {_last_line(text)}. Fix: check MLFLOW_TRACKING_URI and that the server runs"
+    return f"cannot reach it ({redact_uri(text)[:300]}). Fix: check MLFLOW_TRACKING_URI and that the server runs"
 
 
-def _last_line(text: str) -> str:
-    return redact_uri(text.strip().splitlines()[-1] if text.strip() else "unknown error")[:300]
+def check_tracking_server_from_environment() -> None:
+    """`llem-mlflow run`'s early check, before anything heavy: MLFLOW_TRACKING_URI, when it is http(s)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if urlparse(uri).scheme.lower() in ("http", "https") and uri not in _checked:
+        hide_credentials_from_mlflow_output(uri)
+        check_server(uri)
+        _checked.add(uri)
 
 
 # --- sqlite: create the tables once, whoever comes first ---------------------------------------
