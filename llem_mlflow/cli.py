@@ -20,7 +20,9 @@ class LlemGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LlemError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            from llem_mlflow.redact import redact_text
+
+            click.echo(f"Error: {redact_text(str(exc))}", err=True)
             sys.exit(exc.exit_code)
 
 
@@ -77,15 +79,16 @@ def run(
     from llem_mlflow.launch import launch
 
     all_overrides = tuple(shlex.split(overrides_text)) + overrides
-    sys.exit(launch(config, all_overrides, experiment_name, experiment_id, run_name, parent_run_id, quiet))
+    sys.exit(launch(config, all_overrides, experiment_name, experiment_id, run_name, parent_run_id, quiet, overrides_text))
 
 
 def _add_commands() -> None:
     # Commands that live in their own modules (each imports its heavy parts lazily).
+    from llem_mlflow.cli_recover import recover
     from llem_mlflow.cli_registry import compare, register, tag_best
     from llem_mlflow.cli_sweep import sweep
 
-    for command in (register, tag_best, compare, sweep):
+    for command in (register, tag_best, compare, sweep, recover):
         main.add_command(command)
 
 

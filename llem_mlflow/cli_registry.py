@@ -22,11 +22,10 @@ def register(run_id: str, name: str, alias: str | None, tags: tuple[str, ...]) -
     No weights are copied: the version references the hub id + revision, local
     path or random: preset. Registering the same run again returns its version.
     """
-    from mlflow import MlflowClient
-
     from llem_mlflow.tracking.registry import register_run
+    from llem_mlflow.tracking.store import open_client
 
-    version = register_run(MlflowClient(), run_id, name, alias=alias, extra_tags=_parse_tags(tags))
+    version = register_run(open_client(), run_id, name, alias=alias, extra_tags=_parse_tags(tags))
     click.echo(f"{name} version {version.version}" + (f" (alias {alias!r})" if alias else ""))
     for key in sorted(version.tags):
         if key.startswith("llem.") and not key.startswith("llem.hw."):
@@ -48,11 +47,10 @@ def tag_best(
     name: str, metric: str, device_name: str | None, device_count: int | None, alias: str, direction: str | None, dry_run: bool
 ) -> None:
     """Move ALIAS to the version of NAME with the best METRIC on one kind of hardware; print the ranking."""
-    from mlflow import MlflowClient
-
     from llem_mlflow.tracking import best
+    from llem_mlflow.tracking.store import open_client
 
-    client = MlflowClient()
+    client = open_client()
     if dry_run:
         ranking = best.rank_versions(client, name, metric, device_name, device_count, direction)
     else:
@@ -71,11 +69,10 @@ def compare(
     run_ids: tuple[str, ...], experiment: str | None, fmt: str, plot_path: str | None, log_to_run: bool, summary_run: str | None
 ) -> None:
     """Compare runs (RUN_ID ... or --experiment NAME): params that differ, key metrics with units."""
-    from mlflow import MlflowClient
-
     from llem_mlflow.tracking import compare as cmp
+    from llem_mlflow.tracking.store import open_client
 
-    client = MlflowClient()
+    client = open_client()
     comparison = cmp.load_comparison(client, list(run_ids), experiment)
     click.echo(cmp.render(comparison, fmt), nl=False)
     if plot_path:

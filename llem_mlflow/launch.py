@@ -10,6 +10,7 @@ A run is never left RUNNING.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -33,26 +34,39 @@ def launch(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     quiet: bool = False,
+    recorded_overrides: str = "",
     hardware: Any = None,
 ) -> int:
-    """`hardware` (llem_mlflow.bench.device.Hardware) stands in for the machine's GPUs: tests run the
+    """`recorded_overrides`: the `--overrides` text, which `mlflow run` stores as a param (MLproject).
+    `hardware` (llem_mlflow.bench.device.Hardware) stands in for the machine's GPUs: tests run the
     whole pipeline on a fake GPU through it (None: the real ones)."""
+    from llem_mlflow import lifeline
+    from llem_mlflow.bench.preflight import check_inputs
     from llem_mlflow.config.loader import load_config
     from llem_mlflow.config.params import config_to_params, config_to_yaml
     from llem_mlflow.runner import Measurement, redacted_config
     from llem_mlflow.tracking import reporter as jobs
+    from llem_mlflow.redact import check_recorded_overrides, redact_text
     from llem_mlflow.tracking.reporter import MlflowReporter
+    from llem_mlflow.tracking.heartbeat import interval_s as heartbeat_interval_s
+    from llem_mlflow.tracking.store import check_tracking_server_from_environment
 
     reporter: MlflowReporter | None = None
     measurement: Measurement | None = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
+    if lifeline.wanted():
+        lifeline.stop_with_parent()  # SIGTERM (-> KILLED) when `mlflow run` or the sweep dies
     try:
         reporter = MlflowReporter()  # MLflow starts in its own process while we read the config
+        check_tracking_server_from_environment()  # a server that is down or refuses us: exit 2 in seconds
+        heartbeat_interval_s()  # a bad LLEM_HEARTBEAT_S is bad input, refused before a run exists
         if os.environ.get("MLFLOW_RUN_ID"):
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
             reporter.open()
+            check_recorded_overrides(recorded_overrides)  # a literal secret there is in a param now
         cfg = load_config(config_path, overrides)
         _check_country(cfg)
+        check_inputs(cfg)  # random: preset, dataset and model paths, context window: before a run exists
         model_path, registered_version = _resolve_registered_model(cfg.model)
         if not reporter.opened:  # only now: a config error must create no run
             reporter.open(experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id)
@@ -74,13 +88,13 @@ def launch(
         _say("Interrupted: the run is marked KILLED; what was measured so far is logged.", quiet=False, err=True)
         return EXIT_INTERRUPTED
     except LlemError as exc:
-        message = str(exc)
+        message = redact_text(str(exc))
         _fail(reporter, measurement, "FAILED", message)
         _say(f"Error: {message}", quiet=False, err=True)
         return exc.exit_code
     except Exception as exc:  # a fault mid-run: keep what finished, say what happened
-        message = fault_message(exc)
-        _fail(reporter, measurement, "FAILED", message, detail=traceback.format_exc())
+        message = redact_text(fault_message(exc))
+        _fail(reporter, measurement, "FAILED", message, detail=redact_text(traceback.format_exc()))
         _say(f"Error: {message}", quiet=False, err=True)
         return EXIT_FAULT
     finally:
@@ -95,6 +109,8 @@ def fault_message(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     if type(exc).__name__ == "OutOfMemoryError":
         return f"out of memory during generation ({text}). Hint: lower pytorch.batch_size or max_output_tokens, or quantize (pytorch.load_in_4bit)"
+    if f"[Errno {errno.ENOSPC}]" in text:  # also when the reporter's process hit it
+        return f"{text}. Fix: free space on that disk (df -h), or point TMPDIR / the experiment's artifact location elsewhere"
     return text
 
 
@@ -162,4 +178,7 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 def _say(text: str, quiet: bool, err: bool = False) -> None:
     if not quiet:
-        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+        try:
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
+        except OSError:  # the reader is gone (a parent that died): the run's status says it all
+            pass

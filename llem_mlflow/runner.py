@@ -153,7 +153,9 @@ class Measurement:
                 "generation_config": generator.resolved_generation_config(),
             }
         )
-        return generator, generator.batches(prompts)
+        batches = generator.batches(prompts)
+        self.add_tags(generator.truncation.tags())  # llem.warning.truncated_prompts, when any was cut
+        return generator, batches
 
     def run_first_generate(self, generator: Generator, batch: Batch) -> None:
         """Cold start: the first generate() after loading (cache allocation, kernel selection,

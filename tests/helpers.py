@@ -137,3 +137,23 @@ def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == expect_exit, result.output
     return result
+
+
+def wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Until the run exists and warmup is over: the store has the run with the device tag, which
+    the runner sets right after the model loaded (then warmup takes one batch)."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended before it could be interrupted ({process.returncode}):\n{(err or '')[-3000:]}")
+        runs = all_runs()
+        if runs and "llem.device.type" in runs[0].data.tags:
+            time.sleep(4)  # the first generate(), warmup (one batch) and the start of measure
+            return
+        time.sleep(0.5)
+    pytest.fail("the run did not reach the measure phase in time")

@@ -239,3 +239,23 @@ def test_prefill_only_generates_one_token_on_the_same_batches(loaded):
     records = [r for b in batches for r in prefill.run_batch(b)]
     assert [r.output_tokens for r in records] == [1, 1, 1, 1]
     assert all(r.itl_ms == [] and r.tpot_ms is None and r.ttft_ms == r.e2e_ms <= r.batch_ms for r in records)
+
+
+def test_batches_count_the_prompts_they_cut(loaded):
+    cfg = config(max_input_tokens=6, dataset={"n": 4})
+    prompts = load_prompts(cfg, loaded.tokenizer)
+    generator = Generator(loaded, cfg)
+    batches = generator.batches(prompts)
+    full = [len(loaded.tokenizer(p.text)["input_ids"]) for p in prompts]
+    cut = [n for n in full if n > 6]
+    assert cut  # the builtin prompts are longer than 6 tokens
+    t = generator.truncation
+    assert (t.prompts, t.truncated, t.longest, t.limit) == (4, len(cut), max(cut), 6)
+    assert max(n for b in batches for n in b.input_tokens) == 6
+    assert generator.truncation.tags() == {
+        "llem.warning.truncated_prompts": f"{len(cut)} of 4 measured prompts were longer than max_input_tokens "
+        f"(6 tokens) and were cut to it; the longest had {max(cut)} tokens"
+    }
+    roomy = Generator(loaded, config(max_input_tokens=512))
+    roomy.batches(prompts)
+    assert roomy.truncation.truncated == 0 and roomy.truncation.tags() == {}  # nothing cut: no tag

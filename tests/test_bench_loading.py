@@ -188,3 +188,36 @@ def test_gpu_flash_attention_2():
     pytest.importorskip("flash_attn")
     loaded = load_model(config(pytorch={"attn_implementation": "flash_attention_2"}))
     assert loaded.model.config._attn_implementation == "flash_attention_2"
+
+
+def test_lengths_beyond_the_context_window_are_refused_before_the_weights_load(monkeypatch):
+    """A local model (here the saved random:tiny, 2048 positions): its config.json is read first, and
+    prompt + output that cannot fit stop the load before any weight is read."""
+    from llem_mlflow.bench import loading
+    from llem_mlflow.bench.random_models import random_model_dir
+    from llem_mlflow.errors import ConfigError
+
+    directory, _ = random_model_dir("random:tiny", 42)
+    monkeypatch.setattr(loading, "_load_weights", lambda *a: pytest.fail("the weights were loaded"))
+    with pytest.raises(ConfigError) as error:
+        load_model(config(model=str(directory), max_input_tokens=2000, max_output_tokens=100))
+    assert "2100 tokens do not fit the context window" in str(error.value)
+    assert "2048 tokens (max_position_embeddings in its config)" in str(error.value)
+    # passthrough_kwargs reach the config as they reach from_pretrained: a longer window is honoured.
+    monkeypatch.setattr(loading, "_load_weights", lambda *a: pytest.fail("fits now") )
+    with pytest.raises(pytest.fail.Exception, match="fits now"):
+        load_model(config(model=str(directory), max_input_tokens=2000, max_output_tokens=100,
+                          passthrough_kwargs={"max_position_embeddings": 4096}))  # fmt: skip
+
+
+def test_context_window_reads_every_family_and_rope_scaling():
+    from llem_mlflow.bench.context import context_window
+
+    assert context_window({"max_position_embeddings": 2048}) == (2048, "max_position_embeddings")
+    assert context_window({"n_positions": 1024}) == (1024, "n_positions")  # gpt2
+    assert context_window({"text_config": {"max_position_embeddings": 8192}}) == (8192, "max_position_embeddings")
+    yarn = {"max_position_embeddings": 32768, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+    assert context_window(yarn)[0] == 131072  # Qwen2.5 with YaRN
+    llama3 = {"max_position_embeddings": 131072, "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}}
+    assert context_window(llama3)[0] == 131072  # already the stretched window
+    assert context_window({"hidden_size": 64}) is None  # unknown: not checked

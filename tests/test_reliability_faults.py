@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml
@@ -22,6 +25,7 @@ from helpers import (
     assert_failed_with,
     before_batch,
     only_run,
+    wait_for_measuring,
     write_config,
 )
 
@@ -92,7 +96,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_p
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
     try:
-        _wait_for_measuring(process)
+        wait_for_measuring(process)
         time.sleep(3)  # some batches finish
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=180)
@@ -114,22 +118,6 @@ def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_p
     phases = artifact_json(run.info.run_id, "energy_phases.json")
     assert phases["load"]["cpu_j"] > 0 and phases["warmup"]["cpu_j"] > 0
     assert "codecarbon_emissions.csv" in artifact_paths(run.info.run_id)
-
-
-def _wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Until the run exists and warmup is over: the store has the run with time/warmup_s... or the
-    device tag, which the runner sets right after the model loaded (then warmup takes one batch)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"the run ended before it could be interrupted ({process.returncode}):\n{err[-3000:]}")
-        runs = all_runs()
-        if runs and "llem.device.type" in runs[0].data.tags:
-            time.sleep(4)  # the first generate(), warmup (one batch) and the start of measure
-            return
-        time.sleep(0.5)
-    pytest.fail("the run did not reach the measure phase in time")
 
 
 def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store, tmp_path, capsys, monkeypatch):
@@ -172,3 +160,77 @@ def test_meters_failing_mid_run_leave_the_run_going_with_the_reason(mlflow_store
     assert "RAPL" in tags["llem.energy.cpu_method"]
     # What was measured before the meters failed is kept.
     assert m["energy/load_j"] > 0 and m["energy/warmup_j"] > 0
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str = "1m"):
+    """A real, tiny filesystem (tmpfs) at `path`: writes fail with ENOSPC once it is full."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"filling a real disk needs permission to mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    """Write a filler file until the disk is full."""
+    with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def test_disk_full_ends_failed_naming_the_file_and_never_leaves_a_complete_results_json(mlflow_store, tmp_path, capsys):
+    """The artifact store's disk fills up while the run measures (the tracking store, elsewhere, has room)."""
+    from mlflow import MlflowClient
+
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 40}, pytorch={"batch_size": 1})
+    with tiny_disk(tmp_path / "artifacts") as disk:
+        experiment = MlflowClient().create_experiment("full", artifact_location=disk.as_uri())
+        filler = threading.Thread(target=_fill_when_measuring, args=(experiment, disk), daemon=True)
+        filler.start()
+        code = launch(str(cfg), experiment_name="full", quiet=True)
+        filler.join(timeout=60)
+        err = capsys.readouterr().err
+        run = only_run("full")
+        paths = artifact_paths(run.info.run_id)
+    assert code == EXIT_FAULT
+    assert run.info.status == "FAILED"
+    error = run.data.tags["llem.error"]
+    for needle in ("No space left on device", "cannot store artifact '", run.info.artifact_uri, "Fix: free space"):
+        assert needle in error and needle in err, (needle, error)
+    # No results.json claims the run complete (the partial one could not be stored either).
+    assert "results.json" not in paths
+
+
+def _fill_when_measuring(experiment_id: str, disk: Path) -> None:
+    from mlflow import MlflowClient
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = MlflowClient().search_runs([experiment_id])
+        if runs and "llem.device.type" in runs[0].data.tags:  # the model is loaded: measuring now
+            fill(disk)
+            return
+        time.sleep(0.1)
+
+
+def test_a_full_temp_folder_still_keeps_error_txt_and_partial_results(mlflow_store, tmp_path, capsys, monkeypatch):
+    """The temp folder (the run's workdir, MLflow's upload staging) is on a full disk; the artifact store
+    is not: the run ends FAILED naming the file, and error.txt and the partial results.json are kept."""
+    import tempfile
+
+    cfg = write_config(tmp_path / "exp.yaml")
+    with tiny_disk(tmp_path / "tmp") as disk:
+        fill(disk)
+        monkeypatch.setenv("TMPDIR", str(disk))  # the reporter's process
+        monkeypatch.setattr(tempfile, "tempdir", str(disk))  # this one
+        code = launch(str(cfg), quiet=True)
+        err = capsys.readouterr().err
+    assert code == EXIT_FAULT, err[-3000:]
+    run = only_run()
+    assert_failed_with(run, "No space left on device", f"cannot write {disk}")  # the tag, and error.txt kept
+    results = artifact_json(run.info.run_id, "results.json")
+    assert results["status"] == "partial" and "No space left on device" in results["error"]

@@ -83,8 +83,30 @@ CASES = [
         ("no-such-org/no-such-model", "cannot load", "Fix:"),
         True,
     ),
-    BadInput("local_model_path_missing", _config(model="./no-such-model-dir"), ("no-such-model-dir", "local path not found", "random:tiny"), True),
-    BadInput("dataset_file_missing", _dataset_file(None), ("dataset.source", "prompts.jsonl", "file not found"), True),
+    BadInput("local_model_path_missing", _config(model="./no-such-model-dir"), ("no-such-model-dir", "local path not found", "random:tiny"), False),
+    BadInput("unknown_random_preset", _config(model="random:huge"), ("random:huge", "unknown random preset", "random:tiny"), False),
+    BadInput(
+        "lengths_beyond_the_context_window",
+        _config(model="random:gpt2", max_input_tokens=512, max_output_tokens=1000),
+        ("max_input_tokens (512) + max_output_tokens (1000)", "context window", "1024 tokens", "n_positions", "Fix: lower"),
+        False,
+    ),
+    BadInput("absurd_max_output_tokens", _config(max_output_tokens=10**12), ("max_output_tokens", "less than or equal to"), False),
+    BadInput("absurd_batch_size", _config(pytorch={"batch_size": 10**20}), ("pytorch.batch_size", "less than or equal to"), False),
+    BadInput(
+        "yaml_alias_bomb",
+        _text("model: random:tiny\npassthrough_kwargs:\n  a: &a [x,x,x,x,x,x,x,x,x]\n"
+              + "".join(f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))),
+        ("exp.yaml", "expands to more than", "aliases"),
+        False,
+    ),
+    BadInput("dataset_file_missing", _dataset_file(None), ("dataset.source", "prompts.jsonl", "file not found"), False),
+    BadInput(
+        "dataset_line_malformed",
+        _dataset_file('{"prompt": "fine"}\n\n{"prompt": broken}\n'),  # the file's line 3 (the parser says line 1)
+        ("dataset.source", "line 3, column 12", "invalid JSON"),
+        True,
+    ),
     BadInput("dataset_file_empty", _dataset_file(""), ("dataset.source", "no rows", "add prompts"), True),
     BadInput(
         "dataset_lacks_column",

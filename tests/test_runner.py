@@ -83,3 +83,10 @@ def test_unknown_carbon_country_is_refused_before_a_run_exists(mlflow_store, tmp
     from mlflow import MlflowClient
 
     assert MlflowClient().get_experiment_by_name("nowhere") is None
+
+
+def test_cut_prompts_are_tagged_on_the_run(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", max_input_tokens=6)
+    assert launch(str(cfg), experiment_name="cut", quiet=True) == 0
+    tag = only_run("cut").data.tags["llem.warning.truncated_prompts"]
+    assert "of 4 measured prompts were longer than max_input_tokens (6 tokens)" in tag

@@ -123,3 +123,112 @@ def test_config_errors_do_not_echo_secret_values(tmp_path):
         load_config(path)
     assert "tags.hf_token" in str(error.value)
     assert "sekrit-token-1" not in str(error.value)
+
+
+# --- secret-looking keys: names the rules were not written from --------------------------------
+# Secret names as words; the test renders each in many spellings (case, separators, prefixes,
+# suffixes) that the rules in redact.py never list.
+SECRET_NAMES = [
+    ["authorization"], ["proxy", "authorization"], ["x", "api", "key"], ["private", "key"], ["pwd"], ["db", "pwd"],
+    ["passphrase"], ["ssh", "passphrase"], ["credentials"], ["gcp", "credentials", "json"], ["bearer"], ["bearer", "token"],
+    ["cookie"], ["set", "cookie"], ["session"], ["session", "id"], ["session", "token"], ["hf", "token"], ["access", "token"],
+    ["refresh", "token"], ["client", "secret"], ["aws", "secret", "access", "key"], ["api", "key"], ["secret", "key"],
+    ["password"], ["db", "password"], ["auth"], ["oauth", "token"], ["jwt"], ["signing", "key"],
+]  # fmt: skip
+# Settings that must keep their values: a rule that redacts everything would pass the test above.
+ORDINARY_NAMES = [
+    ["max", "new", "tokens"], ["tokenizer", "mode"], ["author"], ["revision"], ["pad", "token", "id"], ["use", "cache"],
+    ["low", "cpu", "mem", "usage"], ["bypass", "cache"], ["tokens", "per", "second"], ["keyword", "count"],
+    ["passthrough"], ["attn", "implementation"], ["compass", "heading"], ["author", "name"], ["device", "map"],
+]  # fmt: skip
+
+
+def _spellings(words: list[str]) -> list[str]:
+    camel = words[0] + "".join(w.title() for w in words[1:])
+    return [
+        "_".join(words), "-".join(words), ".".join(words), " ".join(words), "".join(words), camel, camel[0].upper() + camel[1:],
+        "_".join(words).upper(), "-".join(w.title() for w in words),
+    ]  # fmt: skip
+
+
+def _variants(words: list[str]) -> list[str]:
+    out = []
+    for spelled in _spellings(words):
+        out += [spelled, f"my_{spelled}", f"X-{spelled}", f"upstream.{spelled}", f"{spelled}_value", f"{spelled}2", f"{spelled}-b64"]
+    return out
+
+
+@pytest.mark.parametrize("words", SECRET_NAMES, ids="_".join)
+def test_secret_names_are_redacted_in_every_spelling(words):
+    from llem_mlflow.redact import is_secret_key
+
+    missed = [name for name in _variants(words) if not is_secret_key(name)]
+    assert missed == []
+    assert redact({name: "v" for name in _variants(words)}) == {name: REDACTED for name in _variants(words)}
+
+
+@pytest.mark.parametrize("words", ORDINARY_NAMES, ids="_".join)
+def test_ordinary_names_keep_their_values_in_every_spelling(words):
+    from llem_mlflow.redact import is_secret_key
+
+    flagged = [name for name in _spellings(words) if is_secret_key(name)]
+    assert flagged == []
+
+
+def test_uri_credentials_and_secret_assignments_are_removed_from_text():
+    from llem_mlflow.redact import is_secret_key, literal_secret_overrides, redact_text, redact_uri
+
+    assert redact_uri("http://alice:pw@host:5000/x") == "http://<redacted>@host:5000/x"
+    assert redact_uri("https://tok3n@example.org") == "https://<redacted>@example.org"
+    assert redact_uri("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"  # nothing to hide: unchanged
+    message = "API request to https://bob:s3cr3t@srv/api failed; overrides passthrough_kwargs.token=abc decoder.top_p=0.9"
+    assert redact_text(message) == (
+        "API request to https://<redacted>@srv/api failed; overrides passthrough_kwargs.token=<redacted> decoder.top_p=0.9"
+    )
+    assert redact_text("tags.hf_token: Input should be a valid string") == "tags.hf_token: Input should be a valid string"
+    # A bare "pass" counts only as a word of its own: joined ("smtppass") it cannot be told from "bypass".
+    assert is_secret_key("smtp_pass") and is_secret_key("smtpPass") and not is_secret_key("bypass")
+    assert literal_secret_overrides(["tags.Api-Key=x", "tags.api_key=${KEY}", "a.b=1", "passthrough_kwargs.HFToken=y"]) == [
+        "tags.Api-Key", "passthrough_kwargs.HFToken",
+    ]  # fmt: skip
+
+
+def test_an_override_can_read_its_value_from_the_environment(tmp_path, monkeypatch):
+    path = write_config(tmp_path / "exp.yaml")
+    monkeypatch.setenv("LLEM_TEST_TOKEN", "sekrit-from-env")
+    cfg = load_config(path, ["passthrough_kwargs.token=${LLEM_TEST_TOKEN}", "tags.note=${LLEM_TEST_TOKEN}"])
+    assert cfg.passthrough_kwargs["token"] == cfg.tags["note"] == "sekrit-from-env"
+    monkeypatch.delenv("LLEM_TEST_TOKEN")
+    with pytest.raises(ConfigError, match=r"LLEM_TEST_TOKEN is not set") as error:
+        load_config(path, ["passthrough_kwargs.token=${LLEM_TEST_TOKEN}"])
+    assert "passthrough_kwargs.token" in str(error.value)
+
+
+NEW_NAME_SECRETS = {
+    "Proxy-Authorization": "sekrit-new-1", "xApiKey": "sekrit-new-2", "SSH_PRIVATE_KEY": "sekrit-new-3",
+    "db.pwd": "sekrit-new-4", "vault-passphrase": "sekrit-new-5", "gcpCredentialsJson": "sekrit-new-6",
+    "BearerToken": "sekrit-new-7", "session_cookie": "sekrit-new-8", "SessionId2": "sekrit-new-9",
+}  # fmt: skip
+
+
+def test_new_secret_names_never_reach_a_run(mlflow_store, tmp_path, capsys):
+    """Tags under names the old rules missed (Authorization, x-api-key, private_key, pwd, ...), spelled
+    as users spell them: a finished run holds the keys, never the values; nor does the terminal."""
+    cfg = write_config(tmp_path / "exp.yaml", tags=NEW_NAME_SECRETS)
+    assert launch(str(cfg), quiet=True) == EXIT_OK, capsys.readouterr().err[-3000:]
+    out, err = capsys.readouterr()
+    run = only_run()
+    leaks = [f"{secret} in {where}" for where, secret in _places(run) if secret in NEW_NAME_SECRETS.values()]
+    assert leaks == []
+    assert not [s for s in NEW_NAME_SECRETS.values() if s in out + err]
+    assert all(run.data.tags[key] == REDACTED for key in NEW_NAME_SECRETS)
+
+
+def _places(run):
+    """(where, secret) for every secret of NEW_NAME_SECRETS found in the run."""
+    run_id = run.info.run_id
+    texts = {f"param {k}": f"{k}={v}" for k, v in run.data.params.items()}
+    texts.update({f"tag {k}": f"{k}={v}" for k, v in run.data.tags.items()})
+    for path in artifact_paths(run_id):
+        texts[f"artifact {path}"] = artifact_bytes(run_id, path).decode("utf-8", errors="replace")
+    return [(where, s) for where, text in texts.items() for s in NEW_NAME_SECRETS.values() if s in text]

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from helpers import artifact_json, artifact_paths, artifact_text, write_config
+from helpers import artifact_bytes, artifact_json, artifact_paths, artifact_text, write_config
 from mlflow_server import free_port, running_mlflow_server
 
 from llem_mlflow.config.loader import load_config
@@ -191,3 +191,109 @@ def test_losing_the_race_to_mark_the_experiment_kind_does_not_fail_the_run(mlflo
     logger = RunLogger.start(experiment_name="raced")
     logger.end("FINISHED")
     assert MlflowClient().get_run(logger.run_id).info.status == "FINISHED"
+
+
+# --- a server that is not there, or not answering: exit 2 in seconds, with the reason ------------
+def _unreachable(uri: str, tmp_path, monkeypatch, capsys) -> tuple[int, str, float]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = write_config(tmp_path / "exp.yaml")
+    started = time.monotonic()
+    code = launch(str(cfg), quiet=True)
+    return code, capsys.readouterr().err, time.monotonic() - started
+
+
+def test_a_server_refusing_connections_fails_at_once_with_the_fix(tmp_path, monkeypatch, capsys):
+    port = free_port()  # nothing listens there
+    code, err, took = _unreachable(f"http://alice:sekrit-pw@127.0.0.1:{port}", tmp_path, monkeypatch, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "connection refused" in err and "mlflow server" in err and f"127.0.0.1:{port}" in err
+    assert "sekrit-pw" not in err and "http://<redacted>@127.0.0.1" in err  # credentials never printed
+    assert took < 60  # MLflow's own retries took ~270 s; the check itself takes well under a second
+
+
+def test_an_unknown_host_is_named_as_a_dns_problem(tmp_path, monkeypatch, capsys):
+    code, err, took = _unreachable("http://no-such-host.invalid:5000", tmp_path, monkeypatch, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "no-such-host.invalid" in err and "DNS" in err
+    assert took < 60
+
+
+def test_a_server_that_never_answers_times_out_in_seconds(tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        code, err, took = _unreachable(f"http://127.0.0.1:{port}", tmp_path, monkeypatch, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "connected, but no answer within 30 s (timeout)" in err
+    assert took < 60
+
+
+@pytest.mark.slow
+def test_credentials_in_the_uri_and_secret_overrides_are_never_shown_or_stored(tmp_path, monkeypatch, capsys, project_copy):
+    """A login server reached with `http://user:password@host`, and a token passed as an override: the
+    password and the token appear in no param, tag or artifact, and in none of the lines printed by
+    llem-mlflow or by `mlflow run` (its "View run" and "Running command" lines included)."""
+    from urllib.parse import urlparse
+
+    directory, password, token = tmp_path / "auth-server", "llem-Uri-pw-9", "sekrit-override-token-3"
+    directory.mkdir()
+    ini = directory / "auth.ini"
+    ini.write_text(AUTH_INI.format(db=directory / "auth.db", password=password))
+    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "llem-tests"}
+    cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False})
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID",
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    with running_mlflow_server(directory, extra_args=("--app-name", "basic-auth"), env=server_env) as plain_uri:
+        port = urlparse(plain_uri).port
+        uri = f"http://admin:{password}@127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        client = _client(uri)
+
+        # llem-mlflow run, in-process: every line it and MLflow print (MLflow's "View run" line too).
+        assert launch(str(cfg), quiet=False, run_name="direct") == EXIT_OK
+        out, err = capsys.readouterr()
+        assert f"at http://<redacted>@127.0.0.1:{port}" in out
+        assert password not in out + err
+
+        # mlflow run, the override's value read from the environment: `${LLEM_TEST_TOKEN}` is what is stored.
+        env = {**os.environ, "LLEM_TEST_TOKEN": token}
+        ok = _mlflow_run(project_copy, cfg, "passthrough_kwargs.token=${LLEM_TEST_TOKEN}", env)
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        assert password not in ok.stdout + ok.stderr and token not in ok.stdout + ok.stderr
+        runs = {r.info.run_name: r for r in client.search_runs(["0"])}
+        projected = [r for name, r in runs.items() if name != "direct"]
+        assert len(projected) == 1 and projected[0].info.status == "FINISHED"
+        # (mlflow run stores the value shell-quoted)
+        assert projected[0].data.params["overrides"].strip("'") == "passthrough_kwargs.token=${LLEM_TEST_TOKEN}"
+        for run in runs.values():
+            assert _nowhere_in(client, run, uri, (password, token)) == []
+
+        # A literal secret in -P overrides: mlflow run stores the param before we start; the run is refused
+        # with how to erase it, and no line printed shows the value.
+        literal = _mlflow_run(project_copy, cfg, f"passthrough_kwargs.token={token}", os.environ.copy())
+        assert literal.returncode != 0
+        assert token not in literal.stdout + literal.stderr and password not in literal.stdout + literal.stderr
+        refused = [r for r in client.search_runs(["0"]) if r.info.status == "FAILED"]
+        assert len(refused) == 1
+        error = refused[0].data.tags["llem.error"]
+        assert "already stored the `overrides` parameter" in error and "mlflow runs delete" in error and "${NAME}" in error
+        assert token not in error
+
+
+def _mlflow_run(project, cfg, overrides: str, env: dict) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
+               "-P", f"config={cfg}", "-P", f"overrides={overrides}"]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _nowhere_in(client, run, uri: str, secrets: tuple[str, ...]) -> list[str]:
+    places = {f"param {k}": v for k, v in run.data.params.items()}
+    places.update({f"tag {k}": v for k, v in run.data.tags.items()})
+    for path in artifact_paths(run.info.run_id, uri=uri):
+        places[f"artifact {path}"] = artifact_bytes(run.info.run_id, path, uri).decode("utf-8", errors="replace")
+    return [f"{s} in {where}" for where, text in places.items() for s in secrets if s in text]

@@ -3,6 +3,8 @@
 Slow (a model load per point), so every point is as small as an experiment gets.
 """
 
+import csv
+import io
 import json
 import os
 import signal
@@ -149,7 +151,8 @@ def test_a_killed_study_resumed_runs_only_the_missing_points(tmp_path, tracking)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and process.poll() is None:
             _, kids = study_runs(client, experiment_id)
-            if any(k.info.status == "FINISHED" for k in kids):
+            statuses = {k.info.status for k in kids}
+            if {"FINISHED", "RUNNING"} <= statuses:  # one point done, the next one under way
                 break
             time.sleep(0.5)
         assert process.poll() is None, "the study ended before it could be killed"
@@ -161,6 +164,8 @@ def test_a_killed_study_resumed_runs_only_the_missing_points(tmp_path, tracking)
     assert [p.info.status for p in parents] == ["RUNNING"]  # killed: nobody ended it
     finished_before = {k.data.tags["llem.config_hash"] for k in kids if k.info.status == "FINISHED"}
     assert len(finished_before) == 1
+    dead = [k.info.run_id for k in kids if k.info.status == "RUNNING"]  # the child killed with the sweep
+    assert len(dead) == 1
 
     resumed = sweep_cli(study, experiment_id, env, tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -172,3 +177,14 @@ def test_a_killed_study_resumed_runs_only_the_missing_points(tmp_path, tracking)
     finished = [k for k in kids_after if k.info.status == "FINISHED"]
     assert len(finished) == 2  # no finished point ran twice
     assert sorted(k.data.params["random_seed"] for k in finished) == ["1", "2"]
+    # The child that died with the first session is marked so on resume, and is no result in the summary.
+    for run_id in dead:
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["llem.sweep.failure_reason"].startswith("process died")
+    summary = Path(client.download_artifacts(parents[0].info.run_id, "sweep/summary.csv", str(tmp_path))).read_text()
+    rows = {row["run_id"]: row for row in csv.DictReader(io.StringIO(summary))}
+    for run_id in dead:
+        assert f"child run {run_id}" in resumed.stdout
+        assert rows[run_id]["status"] == "FAILED"
+        assert not any(value for key, value in rows[run_id].items() if "/" in key)  # no figures: not a result

@@ -20,6 +20,7 @@ from typing import Any
 from llem_mlflow.bench.device import synchronize
 from llem_mlflow.bench.loading import json_safe
 
+TRUNCATION_TAG = "llem.warning.truncated_prompts"
 # Generation fields passed only when sampling: greedy decoding ignores them (and transformers warns).
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p")
 # PyTorchConfig fields that are generate() kwargs of the same name.
@@ -42,6 +43,24 @@ class Batch:
     input_ids: Any  # tensor [rows, length], left-padded, on the model's device
     attention_mask: Any
     input_tokens: list[int]  # per row, padding excluded
+
+
+@dataclass
+class Truncation:
+    """How many measured prompts `batches()` cut to max_input_tokens, and the longest before the cut."""
+
+    limit: int
+    prompts: int = 0
+    truncated: int = 0
+    longest: int = 0  # tokens (special tokens included) of the longest prompt before truncation
+
+    def tags(self) -> dict[str, str]:
+        if not self.truncated:
+            return {}
+        return {
+            TRUNCATION_TAG: f"{self.truncated} of {self.prompts} measured prompts were longer than max_input_tokens "
+            f"({self.limit} tokens) and were cut to it; the longest had {self.longest} tokens"
+        }
 
 
 @dataclass
@@ -135,6 +154,7 @@ class Generator:
         self.streams = (cfg.pytorch.num_beams or 1) == 1
         self._streamer_cls = _streamer_class() if self.streams else None
         self._eos_ids = eos_token_ids(self._generation_config())
+        self.truncation = Truncation(cfg.max_input_tokens)  # filled by batches()
 
     def _generation_config(self) -> Any:
         """The GenerationConfig generate() builds from the model's defaults and our kwargs."""
@@ -162,9 +182,11 @@ class Generator:
         """Tokenized batches in prompt order: truncated to max_input_tokens, left-padded."""
         size = self.cfg.pytorch.batch_size or 1
         tokenizer = self.loaded.tokenizer
+        self.truncation = Truncation(self.cfg.max_input_tokens)
         out = []
         for start in range(0, len(prompts), size):
             chunk = prompts[start : start + size]
+            self._count_truncation([p.text for p in chunk])
             enc = tokenizer(
                 [p.text for p in chunk],
                 padding=True,
@@ -184,6 +206,14 @@ class Generator:
                 )
             )
         return out
+
+    def _count_truncation(self, texts: list[str]) -> None:
+        # Full lengths (verbose=False: no "longer than the model's maximum" warning per prompt).
+        lengths = [len(ids) for ids in self.loaded.tokenizer(texts, verbose=False)["input_ids"]]
+        cut = [n for n in lengths if n > self.truncation.limit]
+        self.truncation.prompts += len(lengths)
+        self.truncation.truncated += len(cut)
+        self.truncation.longest = max([self.truncation.longest, *cut])
 
     def run_batch(self, batch: Batch) -> list[RequestRecord]:
         """Generate for one batch and time every request."""

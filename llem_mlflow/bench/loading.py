@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from llem_mlflow.bench.context import check_fits, context_window
 from llem_mlflow.bench.random_models import is_random_model, random_model_dir
 from llem_mlflow.errors import ModelLoadError
 
@@ -44,6 +45,7 @@ def load_model(cfg, model_path: str | None = None) -> LoadedModel:
 
     passed = json_safe(kwargs)  # before loading: transformers edits some values in place (max_memory)
     tokenizer = _load_tokenizer(cfg, source, kwargs)
+    check_fits(cfg, context_window(_load_config(cfg, source, kwargs)), cfg.model)  # before the weights
     model = _load_weights(cfg, source, kwargs)
     if kwargs.get("device_map") is None and "quantization_config" not in kwargs:
         model.to(device)  # bitsandbytes places quantized weights itself and forbids .to()
@@ -153,15 +155,26 @@ def _resolve_source(cfg, model_path: str | None) -> tuple[str, str, bool]:
         return str(directory), "random", built_now
     if name.startswith("models:/"):
         raise ModelLoadError(f"model {name!r}: models:/ URIs must be downloaded by the runner first (pass model_path)")
-    path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"model {name!r}: local path not found or not a directory; give a directory with config.json and weights, "
-                "a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', or random:tiny"
-            )
-        return str(path), "local", False
+    problem = local_model_problem(name)
+    if problem:
+        raise ModelLoadError(problem)
+    if _is_local_path(name):
+        return str(Path(name).expanduser()), "local", False
     return name, "hub", False
+
+
+def _is_local_path(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def local_model_problem(name: str) -> str | None:
+    """Why `name`, read as a local model path, cannot be one (None: a usable directory, or a hub id)."""
+    if _is_local_path(name) and not Path(name).expanduser().is_dir():
+        return (
+            f"model {name!r}: local path not found or not a directory; give a directory with config.json and weights, "
+            "a hub id like 'Qwen/Qwen2.5-0.5B-Instruct', or random:tiny"
+        )
+    return None
 
 
 def _hub_unreachable() -> bool:
@@ -190,6 +203,17 @@ def _load_tokenizer(cfg, source: str, kwargs: dict[str, Any]):
             raise ModelLoadError(f"model {cfg.model!r}: the tokenizer has neither a pad nor an eos token to pad batches with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _load_config(cfg, source: str, kwargs: dict[str, Any]):
+    """The model's config as from_pretrained() will see it (passthrough_kwargs may change fields)."""
+    from transformers import AutoConfig
+
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code", "local_files_only") if k in kwargs}
+    try:
+        return AutoConfig.from_pretrained(source, **hub_kwargs, **cfg.passthrough_kwargs)
+    except Exception as exc:
+        raise _load_error(cfg, exc, kwargs, "config") from exc
 
 
 def _load_weights(cfg, source: str, kwargs: dict[str, Any]):

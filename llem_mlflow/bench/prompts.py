@@ -50,14 +50,8 @@ def builtin_prompt_texts() -> list[str]:
 
 def read_prompt_file(path: Path, column: str | None) -> list[str]:
     """Non-empty prompts from `column` of a .jsonl/.csv/.parquet file."""
+    check_prompt_file(path)
     suffix = path.suffix.lower()
-    if suffix not in FILE_EXTENSIONS:
-        raise DatasetError(
-            f"dataset.source {str(path)!r}: unknown file type {suffix or '(none)'!r}; use a "
-            f"{'/'.join(FILE_EXTENSIONS)} file, or source: builtin / synthetic"
-        )
-    if not path.is_file():
-        raise DatasetError(f"dataset.source {str(path)!r}: file not found; check the path (relative paths start at {Path.cwd()})")
     rows = _read_rows(path, suffix)
     if not rows:
         raise DatasetError(f"dataset.source {str(path)!r}: the file has no rows; add prompts or choose another source")
@@ -68,6 +62,18 @@ def read_prompt_file(path: Path, column: str | None) -> list[str]:
     return texts
 
 
+def check_prompt_file(path: Path) -> None:
+    """DatasetError unless `path` is an existing file of a known type (cheap: before a run exists)."""
+    suffix = path.suffix.lower()
+    if suffix not in FILE_EXTENSIONS:
+        raise DatasetError(
+            f"dataset.source {str(path)!r}: unknown file type {suffix or '(none)'!r}; use a "
+            f"{'/'.join(FILE_EXTENSIONS)} file, or source: builtin / synthetic"
+        )
+    if not path.is_file():
+        raise DatasetError(f"dataset.source {str(path)!r}: file not found; check the path (relative paths start at {Path.cwd()})")
+
+
 def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
     try:
         if suffix == ".jsonl":
@@ -75,7 +81,7 @@ def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
             with path.open(encoding="utf-8") as f:
                 for n, line in enumerate(f, start=1):
                     if line.strip():
-                        row = json.loads(line)
+                        row = _json_line(path, n, line)
                         if not isinstance(row, dict):
                             raise DatasetError(f"dataset.source {str(path)!r} line {n}: expected a JSON object per line")
                         rows.append(row)
@@ -90,6 +96,16 @@ def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
         raise
     except Exception as exc:  # malformed JSON/CSV/Parquet: say which file
         raise DatasetError(f"dataset.source {str(path)!r}: cannot read it as {suffix}: {exc}") from exc
+
+
+def _json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:  # its lineno would be 1: the line, not the file
+        raise DatasetError(
+            f"dataset.source {str(path)!r} line {number}, column {exc.colno}: invalid JSON ({exc.msg}); "
+            "each line must be one JSON object such as {\"prompt\": \"...\"}"
+        ) from None
 
 
 def _pick_column(path: Path, available, column: str | None) -> str:

@@ -33,6 +33,10 @@ CacheImplementation = Literal[
 _MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
 # device_map values for which from_pretrained() reads max_memory
 # (transformers.integrations.accelerate._get_device_map); any other value ignores it.
+# Sane bounds: a batch or beam this wide fits no memory; the value is a typo.
+MAX_BATCH_SIZE = 65_536
+MAX_BEAMS = 1024
+
 DEVICE_MAPS_USING_MAX_MEMORY = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -40,7 +44,7 @@ class PyTorchConfig(ConfigSection):
     """Settings for `AutoModelForCausalLM.from_pretrained()` and `model.generate()`."""
 
     # --- batching and processes ---------------------------------------------
-    batch_size: int | None = Field(default=None, ge=1, description="Prompts per generate() call (None -> 1)")
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE, description="Prompts per generate() call (None -> 1)")
     num_processes: int | None = Field(
         default=None, ge=1, description="Data-parallel processes (None -> 1; only 1 is supported yet)"
     )
@@ -75,7 +79,7 @@ class PyTorchConfig(ConfigSection):
     )
 
     # --- beam search --------------------------------------------------------------
-    num_beams: int | None = Field(default=None, ge=1, description="Beam width (None -> 1: no beam search)")
+    num_beams: int | None = Field(default=None, ge=1, le=MAX_BEAMS, description="Beam width (None -> 1: no beam search)")
     early_stopping: bool | None = Field(default=None, description="Stop beams early (None -> False; beams only)")
     length_penalty: float | None = Field(default=None, allow_inf_nan=False, description="Beam length penalty (None -> 1.0; beams only)")
 

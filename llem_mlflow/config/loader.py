@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from llem_mlflow.config.bounded_yaml import MAX_FILE_BYTES, TooLarge, safe_load
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.errors import ConfigError
-from llem_mlflow.redact import is_secret_key
+from llem_mlflow.redact import ENV_REFERENCE, is_secret_key, redact_text
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -34,9 +36,16 @@ def read_mapping(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a directory: give the path of a .yaml or .json file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never more: a huge file is refused, not read
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"config file {str(path)!r} is larger than {MAX_FILE_BYTES // 1024} KiB: that is not an experiment or "
+            "study config; check the path (long values belong in files the config names)"
+        )
     data = parse_text(text, str(path), as_json=path.suffix.lower() == ".json")
     if data is None:
         raise ConfigError(f"config file {str(path)!r} is empty: it needs at least `model: <hub id or random:tiny>`")
@@ -52,7 +61,9 @@ def parse_text(text: str, source: str, as_json: bool = False) -> Any:
     try:
         if as_json:
             return json.loads(text) if text.strip() else None
-        return yaml.safe_load(text)
+        return safe_load(text)
+    except TooLarge as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except yaml.MarkedYAMLError as exc:
@@ -69,9 +80,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r} must look like section.field=value, e.g. decoder.top_p=0.9")
-        value = parse_text(raw, f"override {key}") if raw.strip() else None
-        set_dotted(data, key, value, what=f"override {item!r}")
+            raise ConfigError(f"override {redact_text(item)!r} must look like section.field=value, e.g. decoder.top_p=0.9")
+        set_dotted(data, key, override_value(key, raw), what=f"override {redact_text(item)!r}")
+
+
+def override_value(key: str, raw: str) -> Any:
+    """An override's value: a YAML scalar/flow value, or `${NAME}`: the text of environment variable
+    NAME (so a secret never travels on a command line or in `mlflow run`'s params)."""
+    reference = ENV_REFERENCE.match(raw.strip())
+    if reference:
+        name = reference["name"]
+        if name not in os.environ:
+            raise ConfigError(f"override {key}=${{{name}}}: the environment variable {name} is not set; export it first")
+        return os.environ[name]
+    return parse_text(raw, f"override {key}") if raw.strip() else None
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:

@@ -14,6 +14,12 @@ from pydantic import Field, field_validator, model_validator
 from llem_mlflow.config.backend_configs import PyTorchConfig
 from llem_mlflow.config.base import ConfigSection
 
+# Sane bounds for pure-config lengths: beyond any model's context window (the longest are ~10M tokens)
+# or any memory. The model's own window is checked once its config is known (bench/context.py).
+MAX_TOKENS = 2**24
+MAX_PROMPTS = 1_000_000
+MAX_WARMUP_BATCHES = 10_000
+
 # Decoding presets expand before validation; fields the user wrote win.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "deterministic": {"temperature": 0.0, "do_sample": False},
@@ -97,10 +103,10 @@ class DatasetConfig(ConfigSection):
         min_length=1,
         description="'builtin' (shipped prompts), 'synthetic' (exact token length), or a .jsonl/.csv/.parquet path",
     )
-    n: int = Field(default=50, ge=1, description="Number of prompts to measure")
+    n: int = Field(default=50, ge=1, le=MAX_PROMPTS, description="Number of prompts to measure")
     column: str | None = Field(default=None, description="Column holding the prompt in a file (None -> 'prompt', then 'text')")
     synthetic_input_tokens: int | None = Field(
-        default=None, ge=1, description="Prompt length in tokens for source: synthetic"
+        default=None, ge=1, le=MAX_TOKENS, description="Prompt length in tokens for source: synthetic"
     )
     shuffle: bool = Field(default=False, description="Shuffle prompts (seeded by random_seed) before taking n")
 
@@ -119,7 +125,7 @@ class WarmupConfig(ConfigSection):
     """Batches generated before the measured window (not counted)."""
 
     enabled: bool = True
-    n_batches: int = Field(default=2, ge=1, description="Warmup generate() calls")
+    n_batches: int = Field(default=2, ge=1, le=MAX_WARMUP_BATCHES, description="Warmup generate() calls")
 
 
 class BaselineConfig(ConfigSection):
@@ -186,8 +192,8 @@ class ExperimentConfig(ConfigSection):
     precision: Literal["fp32", "fp16", "bf16"] | None = Field(
         default=None, description="Weights dtype (None -> bf16 on CUDA, fp32 on CPU)"
     )
-    max_input_tokens: int = Field(default=512, ge=1, description="Prompts are truncated to this many tokens")
-    max_output_tokens: int = Field(default=128, ge=1, description="max_new_tokens for generate()")
+    max_input_tokens: int = Field(default=512, ge=1, le=MAX_TOKENS, description="Prompts are truncated to this many tokens")
+    max_output_tokens: int = Field(default=128, ge=1, le=MAX_TOKENS, description="max_new_tokens for generate()")
     random_seed: int = Field(
         default=42, ge=0, le=2**32 - 1, description="Seeds torch, sampling, random: weights and shuffling (numpy's range)"
     )

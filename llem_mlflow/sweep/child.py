@@ -34,6 +34,8 @@ PARENT_ONLY_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT
 # CUDA numbers GPUs fastest-first by default, NVML (and our energy meter) by PCI bus:
 # in PCI order a CUDA_VISIBLE_DEVICES id names the GPU the meter reads.
 DEVICE_ORDER = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+# A point's process stops (its run KILLED) if the sweep or Ray task that started it dies (llem_mlflow.lifeline).
+STOP_WITH_PARENT = {"LLEM_STOP_WITH_PARENT": "1"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def child_env(base: Mapping[str, str], forced: Mapping[str, str] | None = None) 
     env = {k: v for k, v in base.items() if k not in PARENT_ONLY_ENV}
     for key, value in DEVICE_ORDER.items():
         env.setdefault(key, value)
+    env.update(STOP_WITH_PARENT)
     env.update(forced or {})
     return env
 

@@ -25,11 +25,14 @@ from llem_mlflow.sweep.resume import (
     ROLE_TAG,
     STUDY_HASH_TAG,
     adopt_children,
+    children,
     earlier_parents,
     finished_counts,
 )
 from llem_mlflow.sweep.child import ChildSpec, child_env, run_child
 from llem_mlflow.sweep.study import Point, Study
+from llem_mlflow.tracking.heartbeat import Heartbeat, dead_reason
+from llem_mlflow.tracking.recover import DeadRun, mark_dead
 from llem_mlflow.tracking.run import RunLogger
 
 FAILURE_TAG = "llem.sweep.failure_reason"
@@ -80,28 +83,41 @@ def run_study(
     a point is refused without leaving a run behind.
     """
     from mlflow import get_tracking_uri
-    from mlflow.tracking import MlflowClient
 
     from llem_mlflow.sweep.execution import check_tracking_reachable
-    from llem_mlflow.sweep.summary import summarise
+    from llem_mlflow.tracking.store import open_client
 
     check_tracking_reachable(study.execution, get_tracking_uri(), os.environ.get("RAY_ADDRESS"))
-    client = MlflowClient()
+    client = open_client()
     with make_executor(study, echo, quiet) as executor:
         parent_id, experiment_id = open_parent(client, study, experiment_name, experiment_id, echo)
+        heartbeat = Heartbeat(client, parent_id).start()  # a dead sweep's parent and children are told apart
         try:
-            executor.record(client, parent_id)
-            done = finished_counts(client, experiment_id, parent_id)
-            todo = study.schedule(done)
-            skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
-            echo(f"parent run {parent_id} (experiment {experiment_id}): {len(todo)} run(s) to go, {skipped_done} already finished")
-            runs = executor.run(StudyRun(client, study, parent_id, experiment_id), todo, echo, quiet)
-        except KeyboardInterrupt:
-            _end_parent(client, parent_id, "KILLED")
-            raise
-        except BaseException:
-            _end_parent(client, parent_id, "FAILED")  # never leave the parent RUNNING
-            raise
+            return _run_todo(client, study, executor, parent_id, experiment_id, echo, quiet)
+        finally:
+            heartbeat.stop()
+
+
+def _run_todo(
+    client: Any, study: Study, executor: Any, parent_id: str, experiment_id: str, echo: Callable[[str], None], quiet: bool
+) -> StudyResult:
+    from llem_mlflow.sweep.summary import summarise
+
+    # The parent is open: it must end, whatever happens.
+    try:
+        executor.record(client, parent_id)
+        mark_dead_children(client, study, experiment_id, echo)
+        done = finished_counts(client, experiment_id, parent_id)
+        todo = study.schedule(done)
+        skipped_done = sum(min(done.get(p.config_hash, 0), study.repeats) for p in study.points)
+        echo(f"parent run {parent_id} (experiment {experiment_id}): {len(todo)} run(s) to go, {skipped_done} already finished")
+        runs = executor.run(StudyRun(client, study, parent_id, experiment_id), todo, echo, quiet)
+    except KeyboardInterrupt:
+        _end_parent(client, parent_id, "KILLED")
+        raise
+    except BaseException:
+        _end_parent(client, parent_id, "FAILED")  # never leave the parent RUNNING
+        raise
     try:
         summarise(client, study, parent_id, experiment_id, echo)
         counts = finished_counts(client, experiment_id, parent_id)
@@ -113,6 +129,24 @@ def run_study(
         client.set_tag(parent_id, "llem.sweep.incomplete", "some points have no FINISHED run; run the study again to retry them")
     _end_parent(client, parent_id, "FINISHED" if complete else "FAILED")
     return StudyResult(parent_id, experiment_id, runs, complete)
+
+
+def mark_dead_children(client: Any, study: Study, experiment_id: str, echo: Callable[[str], None]) -> int:
+    """On resume: children of this study's parents left RUNNING by a session that died (its process is
+    gone, or its heartbeat stale) are marked FAILED "process died", so they count as what they are."""
+    marked = 0
+    for parent in earlier_parents(client, experiment_id, study.study_hash):
+        for run in children(client, experiment_id, parent.info.run_id, status="RUNNING"):
+            reason = dead_reason(run)
+            if reason is None:
+                echo(f"child run {run.info.run_id} is RUNNING with a recent heartbeat: left as it is (another session?); "
+                     "it is not in the summary")  # fmt: skip
+                continue
+            mark_dead(client, DeadRun(run, reason), by="llem-mlflow sweep (resume)")
+            client.set_tag(run.info.run_id, FAILURE_TAG, reason[:5000])
+            echo(f"child run {run.info.run_id} ({run.info.run_name}): {reason}; marked FAILED")
+            marked += 1
+    return marked
 
 
 def make_executor(study: Study, echo: Callable[[str], None], quiet: bool) -> Any:

@@ -56,10 +56,15 @@ def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, ech
 
 
 def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
-    """One row per child run: point, repeat, status, swept values, every scalar metric it logged."""
+    """One row per ended child run: point, repeat, status, swept values, and for a FINISHED run every
+    scalar metric it logged. A RUNNING child is not a result (alive elsewhere, or dead and not yet
+    marked): left out. A FAILED or KILLED one keeps its row without figures (they are partial; its
+    own run holds them)."""
     by_hash = {p.config_hash: p for p in study.points}
     rows = []
     for run in runs:
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            continue
         tags = run.data.tags
         point = by_hash.get(tags.get(CONFIG_HASH_TAG, ""))
         row: dict[str, Any] = {
@@ -71,7 +76,8 @@ def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
         }
         for key in study.swept:
             row[key] = run.data.params.get(key, "")
-        row.update({k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith("timeline/")})
+        if run.info.status == "FINISHED":
+            row.update({k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith("timeline/")})
         rows.append(row)
     return rows
 

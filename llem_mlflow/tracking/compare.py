@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import TrackingError
+from llem_mlflow.redact import redact_uri
 from llem_mlflow.tracking import version_tags as vt
 from llem_mlflow.tracking.registry import get_run, search_all
 
@@ -90,7 +91,7 @@ def load_comparison(
 def _runs_of_experiment(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise TrackingError(f"no experiment named {name!r} at {client.tracking_uri}; check the name or MLFLOW_TRACKING_URI")
+        raise TrackingError(f"no experiment named {name!r} at {redact_uri(client.tracking_uri)}; check the name or MLFLOW_TRACKING_URI")
     found = search_all(
         client.search_runs,
         [experiment.experiment_id],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llem_mlflow.errors import ModelLoadError, TrackingError
+from llem_mlflow.redact import redact_uri
 from llem_mlflow.tracking import version_tags as vt
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
-        raise TrackingError(f"run {run_id!r} not found at {client.tracking_uri}: {exc.message}") from None
+        raise TrackingError(f"run {run_id!r} not found at {redact_uri(client.tracking_uri)}: {exc.message}") from None
 
 
 def search_all(search: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
@@ -276,12 +277,13 @@ def resolve_registered_model(
 
     The directory holds the model's weights and config and its tokenizer files together.
     """
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
+    from llem_mlflow.tracking.store import open_client
+
     parsed = parse_models_uri(uri)
-    client = client or MlflowClient()
+    client = client or open_client()
     try:
         if parsed.alias:
             version = client.get_model_version_by_alias(parsed.name, parsed.alias)
@@ -289,7 +291,7 @@ def resolve_registered_model(
             version = client.get_model_version(parsed.name, parsed.version)
     except MlflowException as exc:
         raise ModelLoadError(
-            f"model {uri!r} not found in the registry at {client._registry_uri}: {exc.message}. "
+            f"model {uri!r} not found in the registry at {redact_uri(client._registry_uri)}: {exc.message}. "
             "List versions with `mlflow models` or the MLflow UI, and check MLFLOW_TRACKING_URI"
         ) from None
     if version.tags.get(TAG_LOGGED_MODEL) or version.tags.get(TAG_MODEL_KIND):

@@ -27,6 +27,7 @@ from typing import Any
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import LlemError, TrackingError
 from llem_mlflow.report import Report
+from llem_mlflow.tracking.run import writing
 
 MAX_ERROR_TAG = 5000
 REQUEST_COLUMNS = [
@@ -166,24 +167,31 @@ def log_report(logger: Any, report: Report) -> None:
 
         logger.log_history(metric_histories(report.energy.samples))
     logger.log_json({**report.resolved, "environment": with_mlflow_version(report.resolved.get("environment"))}, "config/resolved.json")
-    log_common_artifacts(logger, report)
-    plot = plot_latency(report.records, report.workdir / "latency.png")
+    log_common_artifacts(logger, report, with_results=False)
+    with writing(report.workdir / "latency.png"):
+        plot = plot_latency(report.records, report.workdir / "latency.png")
     if plot is not None:
         logger.log_artifact(plot, "plots")
+    logger.log_json(report.results(), "results.json")  # last: "complete" only once everything else is stored
 
 
-def log_common_artifacts(logger: Any, report: Report) -> None:
-    """results.json, requests.csv and the energy files: on success and on failure alike."""
-    logger.log_json(report.results(), "results.json")
+def log_common_artifacts(logger: Any, report: Report, with_results: bool = True) -> None:
+    """results.json (first: after a failure it replaces an earlier one at once; if even that cannot be
+    stored, RunLogger removes the earlier one), requests.csv and the energy files."""
+    if with_results:
+        logger.log_json(report.results(), "results.json")
     if report.records:
         path = report.workdir / "requests.csv"
-        write_request_table(report.records, path)
+        with writing(path):  # the workdir is in the temp folder: a full disk there names the file
+            write_request_table(report.records, path)
         logger.log_artifact(path)
     if report.energy is not None:
         from llem_mlflow.energy.artifacts import write_energy_artifacts
 
         energy_dir = report.workdir / "energy"
-        for path in write_energy_artifacts(report.energy, energy_dir):
+        with writing(energy_dir):
+            written = write_energy_artifacts(report.energy, energy_dir)
+        for path in written:
             parent = path.parent.relative_to(energy_dir).as_posix()
             logger.log_artifact(path, None if parent == "." else parent)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from llem_mlflow.errors import TrackingError
 
@@ -35,6 +37,7 @@ class RunLogger:
         self.client = client
         self.run_id = run_id
         self.ended = False
+        self.heartbeat: Any = None  # started by start(); stopped by end()
 
     @classmethod
     def start(
@@ -44,43 +47,49 @@ class RunLogger:
         run_name: str | None = None,
         parent_run_id: str | None = None,
     ) -> RunLogger:
-        """Resume the run `mlflow run` made (MLFLOW_RUN_ID), or create a new one."""
-        from mlflow import MlflowClient
+        """Resume the run `mlflow run` made (MLFLOW_RUN_ID), or create a new one; its heartbeat starts."""
         from mlflow.exceptions import MlflowException
 
-        client = MlflowClient()
+        from llem_mlflow.tracking.heartbeat import Heartbeat, interval_s
+        from llem_mlflow.tracking.store import open_client
+
+        beat_every = interval_s()  # a bad LLEM_HEARTBEAT_S is refused before a run exists
         try:
-            active = os.environ.get("MLFLOW_RUN_ID")
-            if active:
-                run = client.get_run(active)  # fails clearly if it does not exist
-                mark_experiment_kind(client, run.info.experiment_id)
-                logger = cls(client, active)
-                # `mlflow run` created the run without run-context plugins: add our hardware tags.
-                from llem_mlflow.tracking.context_provider import (
-                    HardwareContextProvider,
-                )
-
-                logger.set_tags(HardwareContextProvider().tags())
-                return logger
-            experiment_id = experiment_id or _experiment_id(client, experiment_name)
-            from mlflow.tracking.context.registry import resolve_tags
-            from mlflow.utils.mlflow_tags import (
-                MLFLOW_PARENT_RUN_ID,
-                MLFLOW_SOURCE_NAME,
-            )
-
-            mark_experiment_kind(client, experiment_id)
-            ours = {MLFLOW_SOURCE_NAME: "llem-mlflow run"}  # not the path of __main__.py
-            if parent_run_id:
-                ours[MLFLOW_PARENT_RUN_ID] = parent_run_id
-            tags = resolve_tags(ours)
-            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-            return cls(client, run.info.run_id)
+            client = open_client()  # checks a server first; sets a new sqlite store up safely
+            logger = cls._resume_or_create(client, experiment_name, experiment_id, run_name, parent_run_id)
+            logger.heartbeat = Heartbeat(client, logger.run_id, beat_every).start()
+            return logger
         except MlflowException as exc:
             hint = AUTH_HINTS.get(exc.get_http_status_code(), "")
             raise TrackingError(f"MLflow refused to start the run ({_where()}): {_first_line(exc)}{hint}") from None
         except OSError as exc:  # connection refused etc.
             raise TrackingError(f"cannot reach the MLflow tracking store ({_where()}): {exc}") from None
+
+    @classmethod
+    def _resume_or_create(
+        cls, client: Any, experiment_name: str | None, experiment_id: str | None, run_name: str | None, parent_run_id: str | None
+    ) -> RunLogger:
+        active = os.environ.get("MLFLOW_RUN_ID")
+        if active:
+            run = client.get_run(active)  # fails clearly if it does not exist
+            mark_experiment_kind(client, run.info.experiment_id)
+            logger = cls(client, active)
+            # `mlflow run` created the run without run-context plugins: add our hardware tags.
+            from llem_mlflow.tracking.context_provider import HardwareContextProvider
+
+            logger.set_tags(HardwareContextProvider().tags())
+            return logger
+        experiment_id = experiment_id or _experiment_id(client, experiment_name)
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME
+
+        mark_experiment_kind(client, experiment_id)
+        ours = {MLFLOW_SOURCE_NAME: "llem-mlflow run"}  # not the path of __main__.py
+        if parent_run_id:
+            ours[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        tags = resolve_tags(ours)
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return cls(client, run.info.run_id)
 
     # --- logging ------------------------------------------------------------------
     def log_params(self, params: dict[str, str]) -> None:
@@ -109,26 +118,76 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(name, float(value), int(ts), int(step)) for name, value, ts, step in points])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        try:
+            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+        except OSError as exc:  # e.g. disk full: say which file and where it was going
+            name = "/".join(p for p in (artifact_path, Path(local_path).name) if p)
+            self._remove_stale(name)  # an older version (results.json "complete") must not stand for this one
+            where = f"cannot store artifact {name!r} of run {self.run_id} (from {local_path}) in {self.artifact_uri()}"
+            raise _located(exc, where) from exc
+
+    def _remove_stale(self, name: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri).delete_artifacts(name)
+        except Exception:  # nothing there, or a store that cannot delete: nothing more to do
+            pass
+
+    def artifact_uri(self) -> str:
+        from llem_mlflow.redact import redact_uri
+
+        try:
+            return redact_uri(self.client.get_run(self.run_id).info.artifact_uri)
+        except Exception:
+            return "the run's artifact store"
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, sort_keys=True, default=str), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        """MLflow writes the text to a temp file, then stores it. With the temp folder full (or unwritable),
+        a local artifact store still gets it, written in place: error.txt is kept where that is possible."""
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+            return
+        except OSError as exc:  # e.g. disk full (in the temp folder or in the store): which file, and where
+            error = exc
+        if self._write_in_place(text, artifact_file):
+            return
+        self._remove_stale(artifact_file)
+        where = f"cannot store artifact {artifact_file!r} of run {self.run_id} in {self.artifact_uri()} (via the temp folder {tempfile.gettempdir()})"
+        raise _located(error, where) from error
+
+    def _write_in_place(self, text: str, artifact_file: str) -> bool:
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        if "://" in uri and not uri.startswith("file:"):
+            return False
+        target = Path(local_file_uri_to_path(uri)) / artifact_file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            return True
+        except OSError:
+            target.unlink(missing_ok=True)  # a half-written file must not pass for the artifact
+            return False
 
     def end(self, status: str) -> None:
         """Mark the run terminated (FINISHED, FAILED or KILLED). Idempotent."""
         if self.ended:
             return
+        if self.heartbeat is not None:
+            self.heartbeat.stop()  # before the end: a late beat must not follow it
         self.client.set_terminated(self.run_id, status)
         self.ended = True
 
     def where(self) -> str:
         """A line telling the user where the run is."""
-        from mlflow import get_tracking_uri
+        from llem_mlflow.tracking.store import shown_uri
 
-        uri = get_tracking_uri()
+        uri = shown_uri(self.client.tracking_uri)
         run = self.client.get_run(self.run_id)
         line = f"run_id: {self.run_id} (experiment {run.info.experiment_id}) at {uri}"
         if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
@@ -171,11 +230,30 @@ def _experiment_id(client: Any, name: str | None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def _where() -> str:
-    from mlflow import get_tracking_uri
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Writing a local file (the run's workdir): an OS error (a full disk) says which file."""
+    try:
+        yield
+    except OSError as exc:
+        raise _located(exc, f"cannot write {path}") from exc
 
-    return f"tracking URI {get_tracking_uri()}"
+
+def _located(exc: OSError, where: str) -> OSError:
+    """The same OS error (errno kept), its message saying which file and where."""
+    if exc.errno is None:
+        return OSError(f"{exc}: {where}")
+    return OSError(exc.errno, f"{exc.strerror or exc}: {where}")
+
+
+def _where() -> str:
+    from llem_mlflow.tracking.store import shown_uri
+
+    return f"tracking URI {shown_uri()}"
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    from llem_mlflow.redact import redact_uri
+
+    return redact_uri(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+
