@@ -70,7 +70,12 @@ def test_j_per_output_token_is_positive_and_plausible():
         measurement.cleanup()
     m, tags = report.metrics, report.tags
     print({k: round(v, 4) for k, v in m.items() if not k.startswith("timeline/")})
-    assert m["tokens/output_total"] == 16 * 64
+    # whole passes over the 16 prompts until the window lasts the NVML default of 5 s (measure.min_duration_s unset)
+    assert m["tokens/output_total"] == 16 * 64 * m["measure/passes"]
+    assert m["time/measure_s"] >= 5.0 and "llem.warning.short_window" not in tags
+    assert tags["llem.energy.gpu_quality"] == "measured" and tags["llem.energy.total_quality"] == "measured"
+    assert m["energy/gpu_j_per_output_token"] == pytest.approx(m["energy/gpu_j"] / m["tokens/output_total"])
+    assert m["energy/measured_j_per_output_token"] == pytest.approx(m["energy/j_per_output_token"])
     # a 124M-parameter model on a datacenter GPU: well above 0, far below 10 J per token
     assert 0 < m["energy/j_per_output_token"] < 10
     assert 0 <= m["energy/dynamic_j_per_output_token"] <= m["energy/j_per_output_token"]
