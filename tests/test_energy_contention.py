@@ -48,7 +48,7 @@ def busy_processes(seconds: float) -> list[subprocess.Popen]:
 
 
 def test_a_run_beside_busy_processes_carries_the_warning(mlflow_store, tmp_path, capsys, monkeypatch):
-    # The busy processes start just before the warmup batch (so the shared machine is hogged for
+    # The busy processes start just before the first generate() (so the shared machine is hogged for
     # seconds, not for the whole run) and end by themselves after 60 s at most.
     hogs: list[subprocess.Popen] = []
     before_batch(monkeypatch, 1, lambda: hogs.extend(busy_processes(60)))

@@ -96,7 +96,7 @@ def test_readable_rapl_replaces_codecarbons_cpu_and_ram(mlflow_store, tmp_path, 
 
     rapl = FakeRapl(tmp_path / "powercap")
     monkeypatch.setattr(rapl_module, "POWERCAP_ROOT", tmp_path / "powercap")
-    before_batch(monkeypatch, 1 + 1, lambda: rapl.add_everywhere(3.0))  # 3 J per domain, in the measured window
+    before_batch(monkeypatch, 2 + 1, lambda: rapl.add_everywhere(3.0))  # 3 J per domain, in the measured window
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True})
     assert launch(str(cfg), quiet=False) == 0
     out = capsys.readouterr().out
@@ -116,7 +116,7 @@ def test_trials_with_different_sources_are_not_averaged(mlflow_store, tmp_path, 
         for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues"):
             fake_gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
 
-    before_batch(monkeypatch, 1 + 2 + 1, gpu_lost)  # 1 warmup batch, 2 batches in trial 1, then trial 2's first
+    before_batch(monkeypatch, 2 + 2 + 1, gpu_lost)  # first generate() + warmup, trial 1's 2 batches, trial 2's first
     cfg = write_config(tmp_path / "exp.yaml", n_trials=2, energy={"codecarbon": True, "sample_interval_ms": 50})
     assert launch(str(cfg), quiet=False) == 0
     out = capsys.readouterr().out
