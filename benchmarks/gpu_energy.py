@@ -1,10 +1,12 @@
 """GPU energy benchmark without MLflow: a real-shaped random: model through the real core, measure().
 
-    python benchmarks/gpu_energy.py [--model random:llama-3.2-1b] [--prompts 64] [--out DIR]
+    python benchmarks/gpu_energy.py [--model random:llama-3.2-1b] [--prompts 64] [--min-duration-s S] [--out DIR]
 
 Prints the key figures (J/token, counter-vs-integral ratio, TTFT p50, tokens/s, the prefill/decode
 split, the cold start, memory of the measured phase) and writes
 them, with the energy artifacts, to --out. Runs where torch runs: MLflow is not needed.
+The measured window repeats the prompt set until it lasts measure.min_duration_s (unset: the
+meters' default, 5 s with NVML), so the counter-vs-integral check always has a long enough window.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ KEYS = (
     "latency/ttft_ms_p50",
     "throughput/output_tokens_per_s",
     "time/measure_s",
+    "measure/passes",
+    "energy/gpu_j_per_output_token",
+    "energy/measured_j_per_output_token",
     "energy/gpu_j",
     "energy/total_j",
     "power/gpu_mean_w",
@@ -47,6 +52,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=64, help="more prompts, a longer measured window")
+    parser.add_argument(
+        "--min-duration-s", type=float, default=None, help="measure.min_duration_s (default: the meters' own, 5 s with NVML)"
+    )
     parser.add_argument("--baseline-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("gpu_energy_out"))
     args = parser.parse_args()
@@ -71,7 +79,7 @@ def main() -> None:
         pytorch={"batch_size": args.batch_size},
         baseline={"enabled": True, "duration_s": args.baseline_s},
         energy={"gpu": "nvml", "codecarbon": use_codecarbon, "sample_interval_ms": 100},
-        measure={"prefill_split": True},
+        measure={"prefill_split": True, "min_duration_s": args.min_duration_s},
     )
     measurement = Measurement(cfg)
     try:
@@ -91,7 +99,7 @@ def main() -> None:
         value = figures.get(key)
         print(f"  {key:38s} {'absent' if value is None else f'{value:.6g}'}")
     for key, value in sorted(report.tags.items()):
-        if key.startswith(("llem.energy.", "llem.warning.", "llem.gpu.", "llem.device.")):
+        if key.startswith(("llem.energy.", "llem.warning.", "llem.gpu.", "llem.device.", "llem.measure.")):
             print(f"  {key} = {value}")
     print("artifacts:", ", ".join(str(p) for p in artifacts))
 

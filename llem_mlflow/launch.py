@@ -81,7 +81,7 @@ def launch(
         if cfg.registry is not None:
             reporter.call(_register, cfg.registry)
         reporter.end("FINISHED")
-        _say(_headline(report.metrics), quiet)
+        _say(_headline(report.metrics, report.tags), quiet)
         return EXIT_OK
     except KeyboardInterrupt:
         _fail(reporter, measurement, "KILLED", "interrupted (Ctrl-C or SIGTERM) - partial results kept")
@@ -165,11 +165,15 @@ def _register(logger: Any, registry: Any) -> None:
     print(f"registered: {registry.model_name} version {version.version}", flush=True)
 
 
-def _headline(metrics: dict[str, float]) -> str:
+def _headline(metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """The summary line, the energy figure saying what it rests on, then every validity warning."""
     from llem_mlflow.metrics_registry import HEADLINE, describe
 
-    parts = [describe(k, metrics[k]) for k in HEADLINE if k in metrics]
-    return "done: " + (", ".join(parts) if parts else "no headline metric measured")
+    parts = [describe(k, metrics[k], tags) for k in HEADLINE if k in metrics]
+    lines = ["done: " + (", ".join(parts) if parts else "no headline metric measured")]
+    prefix = "llem.warning."
+    lines += [f"warning: {key[len(prefix):]}: {text}" for key, text in sorted(tags.items()) if key.startswith(prefix)]
+    return "\n".join(lines)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

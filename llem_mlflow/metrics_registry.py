@@ -23,22 +23,26 @@ class MetricSpec:
     label: str  # short words for the CLI, e.g. "TTFT p50"
     headline: bool = False  # shown first: CLI summary, compare's default columns, logged first
     trial_spread: bool = False  # gets _std, _ci95_low/_high, _cv over trials
+    energy_of: str | None = None  # the sources an energy figure adds up: total | measured | gpu | cpu | ram
 
 
 # In display order: the headline figures first.
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("energy/j_per_output_token", "J/token", "min", "energy per output token", headline=True, trial_spread=True),
+    MetricSpec(
+        "energy/j_per_output_token", "J/token", "min", "energy per output token", headline=True, trial_spread=True, energy_of="total"
+    ),
     MetricSpec("throughput/output_tokens_per_s", "tokens/s", "max", "throughput", headline=True, trial_spread=True),
     MetricSpec("latency/ttft_ms_p50", "ms", "min", "TTFT p50", headline=True, trial_spread=True),
     MetricSpec("latency/e2e_ms_p50", "ms", "min", "end-to-end p50", headline=True),
-    MetricSpec("energy/measured_j_per_output_token", "J/token", "min", "measured energy per output token"),
-    MetricSpec("energy/gpu_j_per_output_token", "J/token", "min", "GPU energy per output token"),
-    MetricSpec("energy/total_j", "J", "min", "total energy"),
-    MetricSpec("energy/gpu_j", "J", "min", "GPU energy"),
-    MetricSpec("energy/gpu_dynamic_j", "J", "min", "GPU dynamic energy"),
-    MetricSpec("energy/cpu_j", "J", "min", "CPU energy"),
-    MetricSpec("energy/ram_j", "J", "min", "RAM energy"),
-    MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions"),
+    MetricSpec("energy/measured_j_per_output_token", "J/token", "min", "measured energy per output token", energy_of="measured"),
+    MetricSpec("energy/gpu_j_per_output_token", "J/token", "min", "GPU energy per output token", energy_of="gpu"),
+    MetricSpec("energy/total_j", "J", "min", "total energy", energy_of="total"),
+    MetricSpec("energy/measured_j", "J", "min", "measured energy", energy_of="measured"),
+    MetricSpec("energy/gpu_j", "J", "min", "GPU energy", energy_of="gpu"),
+    MetricSpec("energy/gpu_dynamic_j", "J", "min", "GPU dynamic energy", energy_of="gpu"),
+    MetricSpec("energy/cpu_j", "J", "min", "CPU energy", energy_of="cpu"),
+    MetricSpec("energy/ram_j", "J", "min", "RAM energy", energy_of="ram"),
+    MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions", energy_of="total"),
     MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50"),
     MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated"),
     MetricSpec("memory/process_peak_rss_mb", "MiB", "min", "process peak RSS"),
@@ -67,6 +71,7 @@ _SUFFIX_UNITS = (
     (r"[/_]j_per_\w*token$", "J/token"),
     (r"[/_]j_per_request$", "J/request"),
     (r"kg_co2eq$", "kg CO2eq"),
+    (r"_g_per_kwh$", "g/kWh"),
     (r"_j$", "J"),
     (r"_w$", "W"),
     (r"_ms(_\w+)?$", "ms"),
@@ -113,8 +118,48 @@ def format_number(value: float, digits: int = 4) -> str:
     return f"{value:.{decimals}f}"
 
 
-def describe(name: str, value: float) -> str:
-    """`0.03127 J/token energy per output token` style words for the CLI."""
+def describe(name: str, value: float, tags: dict[str, str] | None = None) -> str:
+    """`0.03127 J/token energy per output token (CPU+RAM estimated)` style words for the CLI."""
     spec = BY_NAME.get(name)
     words = spec.label if spec else name
-    return f"{format_number(value)} {unit(name)} {words}".replace("  ", " ")
+    note = energy_note(name, tags or {})
+    return f"{format_number(value)} {unit(name)} {words}".replace("  ", " ") + (f" ({note})" if note else "")
+
+
+# The run tags that say how each energy source was read (see docs/methodology.md, "Measured vs estimated").
+TOTAL_QUALITY_TAG = "llem.energy.total_quality"
+TOTAL_SOURCES_TAG = "llem.energy.total_sources"
+ENERGY_SOURCES = ("gpu", "cpu", "ram")
+
+
+def quality_tag(source: str) -> str:
+    return f"llem.energy.{source}_quality"
+
+
+def energy_note(name: str, tags: dict[str, str]) -> str | None:
+    """What an energy figure rests on, from the run's tags: "CPU+RAM estimated", "GPU measured,
+    CPU+RAM estimated", "GPU measured"; None for other metrics or runs without the tags."""
+    spec = BY_NAME.get(name)
+    if spec is None or spec.energy_of is None:
+        return None
+    if spec.energy_of == "total":
+        return total_energy_note(tags)
+    if spec.energy_of == "measured":
+        measured = [s for s in ENERGY_SOURCES if tags.get(quality_tag(s)) == "measured"]
+        return f"{'+'.join(measured).upper()} measured" if measured else None
+    quality = tags.get(quality_tag(spec.energy_of))
+    return f"{spec.energy_of.upper()} {quality}" if quality else None
+
+
+def total_energy_note(tags: dict[str, str]) -> str | None:
+    """The quality of energy/total_j and what is derived from it (J/token, emissions) in a few words."""
+    quality = tags.get(TOTAL_QUALITY_TAG)
+    sources = tags.get(TOTAL_SOURCES_TAG, "")
+    if not quality:
+        return None
+    if quality in ("measured", "estimated") and sources:
+        return f"{sources.upper()} {quality}"
+    if quality.startswith("mixed: "):  # "mixed: gpu measured, cpu+ram estimated"
+        parts = [part.split(" ", 1) for part in quality[len("mixed: ") :].split(", ")]
+        return ", ".join(f"{part[0].upper()} {part[1]}" for part in parts if len(part) == 2)
+    return quality

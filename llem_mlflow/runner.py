@@ -31,6 +31,9 @@ from llem_mlflow.progress import progress
 from llem_mlflow.redact import redact
 from llem_mlflow.report import Listener, NoListener, Report
 
+# Passes over the prompt set in one measured window, at most (measure.min_duration_s repeats it).
+MAX_PASSES = 10_000
+
 if TYPE_CHECKING:
     from llem_mlflow.bench.device import Hardware
     from llem_mlflow.bench.generation import Batch, Generator, RequestRecord
@@ -174,26 +177,38 @@ class Measurement:
                 advance()
 
     def run_trial(self, trial: int, generator: Generator, batches: list[Batch]) -> None:
+        """One measured window: whole passes over the prompt set until it lasts measure.min_duration_s."""
         from llem_mlflow.bench.stats import latency_metrics
 
         phase = trial_phase("measure", trial)
         records: list[RequestRecord] = []
-        ran: list[Batch] = []  # the batches the window ran, in order: what its prefill-only pass repeats
+        ran: list[Batch] = []  # the batches the window ran, in order, every pass: what its prefill-only pass repeats
+        min_s = self.min_duration_s()
+        requests_per_pass = sum(len(b.request_indices) for b in batches)
+        passes = 0
         self.listener.before_window()
         with self.phase(phase, trial=True) as window:
-            with progress(len(batches), f"measure {trial}/{self.cfg.n_trials}", self.quiet) as advance:
-                for batch in batches:
-                    ran.append(batch)
-                    done = generator.run_batch(batch)
-                    for record in done:
-                        record.trial = trial
-                    records.extend(done)
-                    self.report.records.extend(done)  # batch by batch: what a failure keeps
-                    advance()
+            start = time.perf_counter()
+            while passes < MAX_PASSES:  # bounded: a pass that takes no time cannot loop forever
+                label = f"measure {trial}/{self.cfg.n_trials}" + (f" pass {passes + 1}" if passes else "")
+                with progress(len(batches), label, self.quiet) as advance:
+                    for batch in batches:
+                        ran.append(batch)
+                        done = generator.run_batch(batch)
+                        for record in done:
+                            record.trial = trial
+                            record.request_index += passes * requests_per_pass  # a repeated pass follows the earlier ones
+                        records.extend(done)
+                        self.report.records.extend(done)  # batch by batch: what a failure keeps
+                        advance()
+                passes += 1
+                if time.perf_counter() - start >= min_s:
+                    break
         duration = self.report.durations_s[phase]
         metrics = latency_metrics(records)
         metrics.update(throughput_metrics(metrics, len(records), duration))
         metrics["time/measure_s"] = duration
+        metrics["measure/passes"] = float(passes)
         metrics.update(window.memory)
         if window.energy is not None:
             metrics.update(self.monitor.metrics(window.energy, int(metrics.get("tokens/output_total", 0)), len(records)))
@@ -232,6 +247,17 @@ class Measurement:
             self._split_warnings.append(where + split.not_positive)
         return metrics
 
+    def min_duration_s(self) -> float:
+        """measure.min_duration_s, or the meters' own minimum when unset; tagged with where it came from."""
+        configured = self.cfg.measure.min_duration_s
+        if configured is not None:
+            value, source = configured, "measure.min_duration_s"
+        else:
+            value, source = self.monitor.min_window_s, f"default: {self.monitor.min_window_reason()}"
+        if "llem.measure.min_duration" not in self.report.tags:
+            self.add_tags({"llem.measure.min_duration": f"{value:g} s ({source})"})
+        return value
+
     def cool_down(self) -> None:
         """Between trials: wait until the GPU is back near its idle temperature."""
         from llem_mlflow.energy.cooldown import wait_until_cool
@@ -261,7 +287,8 @@ class Measurement:
 
         report = self.report
         metrics = report.phase_time_metrics()
-        metrics.update(summarise_trials(report.trial_metrics))
+        comparable = self.comparable_trials()
+        metrics.update(summarise_trials(comparable))
         metrics.update(report.metrics)
         metrics.update(model_metrics(loaded))
         metrics.update(gpu_memory_metrics(loaded))
@@ -274,12 +301,23 @@ class Measurement:
         report.resolved["prompt_order"] = [r.prompt_index for r in report.records if r.trial == 1]
         tags = self.monitor.tags()
         tags.update(self.split_tags())
+        drift = trial_drift(comparable)
+        if drift:
+            tags["llem.warning.trial_drift"] = drift
         if any(r.ttft_ms is None for r in report.records):
             tags["llem.latency.streaming"] = (
                 "unavailable: beam search cannot stream, so TTFT and inter-token latency were not measured; "
                 "latency/e2e_ms_* is per batch"
             )
         self.add_tags(tags)
+
+    def comparable_trials(self) -> list[dict[str, float]]:
+        """Each finished trial's figures, less the energy totals (and sources) the trials did not all measure
+        the same way: averaging those would mix unlike figures (llem.warning.mixed_sources says so)."""
+        trials = self.report.trial_metrics
+        if self.monitor is None:
+            return list(trials)
+        return [{k: v for k, v in t.items() if not self.monitor.dropped_over_trials(k)} for t in trials]
 
     def split_tags(self) -> dict[str, str]:
         """llem.energy.prefill_split (how decode energy was found, or why a figure is absent) and its warning."""
@@ -307,7 +345,7 @@ class Measurement:
         finished = len(report.trial_metrics)
         cut_short = [r for r in report.records if r.trial == finished + 1]
         if finished:
-            partial.update(summarise_trials(report.trial_metrics))
+            partial.update(summarise_trials(self.comparable_trials()))
             kept = f"; trial {finished + 1} stopped after {len(cut_short)} request(s), kept in requests.csv" if cut_short else ""
             tags["llem.partial"] = f"metrics cover the {finished} finished trial(s){kept}"
         elif cut_short:
@@ -411,6 +449,21 @@ def throughput_metrics(latency: dict[str, float], requests: int, duration_s: flo
     if "tokens/input_total" in latency:
         out["throughput/input_tokens_per_s"] = latency["tokens/input_total"] / duration_s
     return out
+
+
+def trial_drift(trials: list[dict[str, float]]) -> str | None:
+    """llem.warning.trial_drift: the key metrics that trended or spread too much over the trials."""
+    if len(trials) < 2:
+        return None
+    from llem_mlflow.stats import drift
+
+    found = []
+    for name in registry.TRIAL_SPREAD:
+        if all(name in t for t in trials):
+            problem = drift([t[name] for t in trials])
+            if problem:
+                found.append(f"{name}: {problem}")
+    return "; ".join(found) or None
 
 
 def summarise_trials(trials: list[dict[str, float]]) -> dict[str, float]:

@@ -129,6 +129,7 @@ def contract_run(
     metrics: dict[str, float] | None = None,
     overrides: dict | None = None,
     run_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """A FINISHED run holding what a finished `llem-mlflow run` holds (params, metrics, llem.* tags)."""
     from mlflow.entities import Metric, Param, RunTag
@@ -139,6 +140,7 @@ def contract_run(
 
     cfg = ExperimentConfig.model_validate({"model": model, **(overrides or {})})
     tags = {
+        **(tags or {}),
         "llem.version": __version__,
         "llem.config_hash": config_hash(cfg),
         "llem.model": model,

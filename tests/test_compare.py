@@ -155,3 +155,27 @@ def test_cli_compare(client, three_runs, tmp_path):
 
     result = runner.invoke(cli_main, ["compare", "--experiment", "missing-experiment"])
     assert result.exit_code == 2 and "missing-experiment" in result.output and "Traceback" not in result.output
+
+
+def test_compare_shows_the_interval_and_what_the_energy_rests_on(client, request, tmp_path):
+    """Issue 12: a run with trials shows its 95% interval; every run says whether its energy was measured."""
+    experiment_id = client.create_experiment(request.node.name, artifact_location=(tmp_path / "a").as_uri())
+    trials = {"energy/j_per_output_token": 0.031, "energy/j_per_output_token_ci95_low": 0.029,
+              "energy/j_per_output_token_ci95_high": 0.033, "throughput/output_tokens_per_s": 50.0}  # fmt: skip
+    estimated = {"llem.energy.total_quality": "estimated", "llem.energy.total_sources": "cpu+ram"}
+    mixed = {"llem.energy.total_quality": "mixed: gpu measured, cpu+ram estimated", "llem.energy.total_sources": "gpu+cpu+ram"}
+    contract_run(client, experiment_id, run_name="cpu", metrics=trials, tags=estimated, device_type="cpu")
+    contract_run(client, experiment_id, run_name="gpu", metrics={"energy/j_per_output_token": 0.5}, tags=mixed)
+    comparison = cmp.load_comparison(client, experiment=request.node.name)
+    assert [r.energy_quality for r in comparison.runs] == ["CPU+RAM estimated", "GPU measured, CPU+RAM estimated"]
+
+    table = cmp.render(comparison, "table")
+    assert "0.031 [0.029, 0.033]" in table and "CPU+RAM estimated" in table
+    assert table.splitlines()[0].rstrip().endswith("energy quality")
+    rows = list(csv.DictReader(io.StringIO(cmp.render(comparison, "csv"))))
+    assert rows[0]["energy/j_per_output_token ci95_low [J/token]"] == "0.029"
+    assert rows[1]["energy/j_per_output_token ci95_low [J/token]"] == ""  # one trial: no interval
+    assert rows[1]["energy quality"] == "GPU measured, CPU+RAM estimated"
+    runs = json.loads(cmp.render(comparison, "json"))["runs"]
+    assert runs[0]["ci95"] == {"energy/j_per_output_token": [0.029, 0.033]} and runs[1]["ci95"] == {}
+    assert runs[0]["energy_quality"] == "CPU+RAM estimated"

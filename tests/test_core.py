@@ -50,6 +50,36 @@ def test_disabled_warmup_is_no_phase(mlflow_store, tmp_path):
     assert report.metrics["time/measure_s"] > 0 and report.metrics["time/startup_s"] > 0
 
 
+def test_min_duration_repeats_whole_passes_over_the_prompts(tmp_path):
+    from llem_mlflow.config.loader import load_config
+    from llem_mlflow.runner import measure
+
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 2}, measure={"min_duration_s": 3.0})
+    report = measure(load_config(str(cfg)), quiet=True)
+    m, records = report.metrics, report.records
+    passes = int(m["measure/passes"])
+    assert m["time/measure_s"] >= 3.0 and passes >= 2 and m["measure/passes"] == passes
+    assert m["tokens/output_total"] == passes * 2 * 8 and len(records) == passes * 2
+    assert sorted(r.request_index for r in records) == list(range(passes * 2))  # one measured order, no repeats
+    assert [r.prompt_index for r in records[2:4]] == [r.prompt_index for r in records[:2]]  # the same prompts again
+    assert report.tags["llem.measure.min_duration"] == "3 s (measure.min_duration_s)"
+    assert "llem.warning.short_window" not in report.tags  # 3 s is above the CPU meters' 1 s
+
+
+def test_trial_drift_names_the_metrics_that_trend_or_spread():
+    from llem_mlflow.runner import trial_drift
+
+    trials = [
+        {"energy/j_per_output_token": j, "throughput/output_tokens_per_s": 100.0, "latency/ttft_ms_p50": t}
+        for j, t in ((1.00, 10.0), (1.01, 14.0), (1.02, 9.0), (1.03, 10.0))
+    ]
+    text = trial_drift(trials)
+    assert "energy/j_per_output_token: rose in every trial" in text
+    assert "latency/ttft_ms_p50: coefficient of variation" in text
+    assert "throughput" not in text
+    assert trial_drift(trials[:1]) is None
+
+
 @pytest.mark.slow
 def test_a_killed_measuring_process_leaves_a_failed_run_not_a_running_one(mlflow_store, tmp_path):
     """kill -9 of the measuring process: its MLflow reporter process sees the pipe close and ends the run."""
@@ -97,3 +127,23 @@ def test_registry_units_and_directions_follow_the_names():
 def test_numbers_are_plain_decimals(value, text):
     assert registry.format_number(value) == text
     assert "e" not in registry.format_number(value * 1e-9)
+
+
+def test_energy_figures_say_what_they_rest_on():
+    tags = {
+        "llem.energy.total_quality": "mixed: gpu measured, cpu+ram estimated",
+        "llem.energy.total_sources": "gpu+cpu+ram",
+        "llem.energy.gpu_quality": "measured",
+        "llem.energy.cpu_quality": "estimated",
+        "llem.energy.ram_quality": "estimated",
+    }
+    assert registry.describe("energy/j_per_output_token", 0.0312749, tags) == (
+        "0.03127 J/token energy per output token (GPU measured, CPU+RAM estimated)"
+    )
+    assert registry.energy_note("energy/measured_j_per_output_token", tags) == "GPU measured"
+    assert registry.energy_note("energy/cpu_j", tags) == "CPU estimated"
+    assert registry.energy_note("throughput/output_tokens_per_s", tags) is None
+    assert registry.describe("energy/j_per_output_token", 0.5, {}) == "0.5000 J/token energy per output token"
+    estimated = {"llem.energy.total_quality": "estimated", "llem.energy.total_sources": "cpu+ram"}
+    assert registry.total_energy_note(estimated) == "CPU+RAM estimated"
+    assert registry.unit("emissions/grid_intensity_g_per_kwh") == "g/kWh"

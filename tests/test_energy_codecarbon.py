@@ -38,6 +38,21 @@ def test_codecarbon_figures_have_joule_units_and_positive_sign(tmp_path):
     grams_per_kwh = reading.emissions_kg * 1000 / ((reading.cpu_j + reading.ram_j) / 3.6e6)
     assert 100 < grams_per_kwh < 1000
     assert source.cpu_method.startswith(("RAPL", "estimate"))
+    # a counter is a measurement, a TDP model an estimate; RAM is always CodeCarbon's model
+    assert reading.cpu_quality == ("measured" if source.cpu_method.startswith("RAPL") else "estimated")
+    # the intensity CodeCarbon applied: its emissions over its energy (CPU + RAM + its GPU figure)
+    assert reading.kg_per_kwh == pytest.approx(reading.emissions_kg / ((reading.cpu_j + reading.ram_j + reading.gpu_j) / 3.6e6), rel=1e-6)
+
+
+def test_scope_is_codecarbons_tracking_mode(tmp_path):
+    for scope in ("process", "machine"):
+        source = CodeCarbonSource("USA", tmp_path / scope, scope=scope)
+        source.begin("measure")
+        time.sleep(0.1)
+        source.end()
+        assert [r["tracking_mode"] for r in csv.DictReader(source.csv_path.open())] == [scope]
+    with pytest.raises(EnergyError, match="energy.codecarbon_scope 'everything'"):
+        CodeCarbonSource("USA", tmp_path, scope="everything")
 
 
 def test_each_window_is_a_row_of_one_csv(tmp_path):

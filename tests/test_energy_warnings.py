@@ -8,9 +8,11 @@ def sample(gpu=0, temperature=None, throttle=None):
     return GpuSample(0, 0.0, gpu, 100.0, temperature_c=temperature, throttle_reasons=throttle)
 
 
-def test_short_window():
-    assert checks.short_window(0.5)
-    assert checks.short_window(1.0) is None
+def test_short_window_uses_the_meters_threshold():
+    text = checks.short_window(4.9, 5.0, "NVML GPU energy")
+    assert "< 5 s (NVML GPU energy)" in text and "measure.min_duration_s" in text
+    assert checks.short_window(5.0, 5.0, "NVML GPU energy") is None
+    assert checks.short_window(0.5, 1.0, "no GPU") and checks.short_window(1.0, 1.0, "no GPU") is None
 
 
 def test_throttling_ignores_idle_sync_boost_and_app_clocks():

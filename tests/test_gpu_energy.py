@@ -69,7 +69,12 @@ def test_j_per_output_token_is_positive_and_plausible():
         measurement.cleanup()
     m, tags = report.metrics, report.tags
     print({k: round(v, 4) for k, v in m.items() if not k.startswith("timeline/")})
-    assert m["tokens/output_total"] == 16 * 64
+    # whole passes over the 16 prompts until the window lasts the NVML default of 5 s (measure.min_duration_s unset)
+    assert m["tokens/output_total"] == 16 * 64 * m["measure/passes"]
+    assert m["time/measure_s"] >= 5.0 and "llem.warning.short_window" not in tags
+    assert tags["llem.energy.gpu_quality"] == "measured" and tags["llem.energy.total_quality"] == "measured"
+    assert m["energy/gpu_j_per_output_token"] == pytest.approx(m["energy/gpu_j"] / m["tokens/output_total"])
+    assert m["energy/measured_j_per_output_token"] == pytest.approx(m["energy/j_per_output_token"])
     # a 124M-parameter model on a datacenter GPU: well above 0, far below 10 J per token
     assert 0 < m["energy/j_per_output_token"] < 10
     assert 0 <= m["energy/dynamic_j_per_output_token"] <= m["energy/j_per_output_token"]
@@ -122,7 +127,7 @@ def test_prefill_decode_split_agrees_with_the_counter_read_at_step_edges(monkeyp
         pytorch={"batch_size": 16},
         baseline={"enabled": False},
         energy={"gpu": "nvml", "codecarbon": False, "sample_interval_ms": 50},
-        measure={"prefill_split": True},
+        measure={"prefill_split": True, "min_duration_s": 0},  # one pass: the calls below are counted
     )
     measurement = Measurement(cfg, quiet=True)
     try:

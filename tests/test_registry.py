@@ -219,3 +219,18 @@ def test_cli_register_and_tag_best(client, name, experiment_id):
     assert result.exit_code == 2 and "Tesla T4" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli_main, ["register", "f" * 32, "--name", name])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_tag_best_says_what_each_versions_energy_rests_on(client, name, experiment_id):
+    measured = {"llem.energy.total_quality": "measured", "llem.energy.total_sources": "gpu"}
+    estimated = {"llem.energy.total_quality": "mixed: gpu measured, cpu+ram estimated", "llem.energy.total_sources": "gpu+cpu+ram"}
+    register_run(client, contract_run(client, experiment_id, metrics={"energy/j_per_output_token": 0.4}, tags=measured), name)
+    register_run(client, contract_run(client, experiment_id, metrics={"energy/j_per_output_token": 0.5}, tags=estimated), name)
+    ranking = best.rank_versions(client, name, "energy/j_per_output_token", device_name=H100)
+    assert [(e.version, e.energy_quality) for e in ranking.entries] == [
+        ("1", "GPU measured"), ("2", "GPU measured, CPU+RAM estimated"),
+    ]  # fmt: skip
+    text = best.format_ranking(ranking)
+    assert "energy quality" in text.splitlines()[1] and "GPU measured, CPU+RAM estimated" in text
+    assert "compare like with like" in text  # the two rest on different sources
+    assert client.get_model_version(name, "1").tags["llem.energy.total_quality"] == "measured"

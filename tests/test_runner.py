@@ -11,6 +11,7 @@ from helpers import artifact_json, artifact_paths, artifact_text, only_run, writ
 from mlflow import MlflowClient
 
 from llem_mlflow.launch import launch
+from llem_mlflow.stats import MAX_TRIAL_CV
 
 
 def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path):
@@ -25,8 +26,10 @@ def test_trials_headline_is_the_mean_of_the_trial_history(mlflow_store, tmp_path
         values = [p.value for p in sorted(history, key=lambda p: p.step)]
         assert m[name] == pytest.approx(statistics.mean(values))
         assert m[f"{name}_std"] == pytest.approx(statistics.stdev(values))
-        assert m[f"{name}_ci95_low"] < m[name] < m[f"{name}_ci95_high"]
+        assert 0 < m[f"{name}_ci95_low"] < m[name] < m[f"{name}_ci95_high"]  # positive quantities: never below 0
         assert m[f"{name}_cv"] == pytest.approx(statistics.stdev(values) / statistics.mean(values))
+        # trials that spread more than the threshold are flagged, and only those
+        assert (m[f"{name}_cv"] > MAX_TRIAL_CV) == (f"{name}: " in run.data.tags.get("llem.warning.trial_drift", ""))
     # every phase has its duration; each trial measured the same requests
     for phase in ("environment", "load", "warmup", "measure"):
         assert m[f"time/{phase}_s"] > 0

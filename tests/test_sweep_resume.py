@@ -42,11 +42,12 @@ def study():
     return parse_study_text(STUDY, "study.yaml")
 
 
-def add_child(client, experiment_id, parent_id, point, status, metrics=None, repeat=1):
+def add_child(client, experiment_id, parent_id, point, status, metrics=None, repeat=1, tags=None):
     run = client.create_run(
         experiment_id,
         run_name=point.name,
-        tags={"mlflow.parentRunId": parent_id, "llem.config_hash": point.config_hash, "llem.sweep.repeat": str(repeat)},
+        tags={"mlflow.parentRunId": parent_id, "llem.config_hash": point.config_hash, "llem.sweep.repeat": str(repeat),
+              **(tags or {})},  # fmt: skip
     )
     for key, value in point.overrides.items():
         client.log_param(run.info.run_id, key, str(value))
@@ -177,3 +178,24 @@ def test_no_plot_without_energy(client, study):
     tags = client.get_run(parent).data.tags
     assert "energy/j_per_output_token" in tags["llem.sweep.plot_skipped"]
     assert "energy/j_per_output_token" in tags["llem.sweep.best_missing"]
+
+
+def test_summary_shows_the_best_points_interval_and_energy_quality(client, study):
+    from llem_mlflow.sweep.execute import open_parent
+    from llem_mlflow.sweep.summary import summarise
+
+    parent, exp = open_parent(client, study, None, None, echo=lambda s: None)
+    p = study.points
+    estimated = {"llem.energy.total_quality": "estimated", "llem.energy.total_sources": "cpu+ram"}
+    with_trials = {"energy/j_per_output_token": 2.0, "energy/j_per_output_token_ci95_low": 1.5,
+                   "energy/j_per_output_token_ci95_high": 2.7, "throughput/output_tokens_per_s": 10.0}  # fmt: skip
+    add_child(client, exp, parent, p[0], "FINISHED", with_trials, tags=estimated)
+    add_child(client, exp, parent, p[1], "FINISHED", {"energy/j_per_output_token": 3.0, "throughput/output_tokens_per_s": 20.0})
+    said = []
+    rows = summarise(client, study, parent, exp, echo=said.append)
+    assert rows[0]["energy_quality"] == "CPU+RAM estimated" and rows[1]["energy_quality"] == ""
+    assert f"best energy/j_per_output_token: {p[0].name} (2 J/token, 95% CI 1.5..2.7, CPU+RAM estimated)" in said
+    assert f"best throughput/output_tokens_per_s: {p[1].name} (20 tokens/s)" in said  # one trial: no interval
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["best/energy/j_per_output_token_ci95_low"] == 1.5 and metrics["best/energy/j_per_output_token_ci95_high"] == 2.7
+    assert "best/throughput/output_tokens_per_s_ci95_low" not in metrics

@@ -142,6 +142,13 @@ class EnergyConfig(ConfigSection):
         default="auto", description="auto: NVML when a GPU is visible; nvml: required (error without it); off"
     )
     codecarbon: bool = Field(default=True, description="CPU/RAM energy and emissions with CodeCarbon's offline tracker")
+    codecarbon_scope: Literal["process", "machine"] = Field(
+        default="process",
+        description="What CodeCarbon's estimates bill: this process tree's CPU share and memory (process) or the whole machine's",
+    )
+    rapl: bool = Field(
+        default=True, description="Read the CPU's RAPL energy counters (Linux powercap) where readable: they replace CodeCarbon's CPU/RAM figures"
+    )
     country_iso_code: str = Field(
         default="USA", pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3 code for the grid's carbon intensity"
     )
@@ -159,8 +166,15 @@ class EnergyConfig(ConfigSection):
 
 
 class MeasureConfig(ConfigSection):
-    """What the measured phase covers beyond the measured batches themselves."""
+    """The measured window: how long it lasts, and what the measured phase covers beyond its batches."""
 
+    min_duration_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=3600.0,
+        description="Repeat the prompt set (whole passes) until the measured window lasts this long; "
+        "None: chosen from the meters (5 s with NVML GPU energy, 1 s otherwise); 0: one pass",
+    )
     prefill_split: bool = Field(
         default=False,
         description="After each measured trial, a prefill-only pass (one new token) over the same batches in its own "

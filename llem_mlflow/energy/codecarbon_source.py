@@ -5,6 +5,10 @@ window appends one row (project_name = llem/<phase>) to one CSV in
 `output_dir`, which becomes a run artifact. CodeCarbon catches its own
 exceptions, logs them and returns None: we capture its log and turn a missing
 figure into `CodeCarbonUnavailable` with that reason, never into a 0.
+
+`scope` is CodeCarbon's tracking_mode: "process" bills this process tree's CPU
+time share of the TDP and its own resident memory; "machine" bills the whole
+machine's CPU load and installed memory. Counters (RAPL) are machine-wide either way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llem_mlflow.energy.readings import HostReading
+from llem_mlflow.energy.readings import ESTIMATED, MEASURED, HostReading
 from llem_mlflow.errors import EnergyError
 
 JOULES_PER_KWH = 3.6e6
@@ -28,6 +32,8 @@ _CPU_MODES = {
     "cpu_load": "estimate: CPU load x TDP",
     "constant": "estimate: constant 50% of TDP",
 }
+MEASURED_CPU_MODES = frozenset({"intel_rapl", "intel_power_gadget", "windows_emi", "apple_powermetrics"})
+SCOPES = ("process", "machine")
 
 
 class CodeCarbonUnavailable(EnergyError):
@@ -65,11 +71,15 @@ def _quiet_codecarbon(capture: _Capture) -> None:
 class CodeCarbonSource:
     """begin(phase)/end() -> HostReading, or CodeCarbonUnavailable with the reason."""
 
-    def __init__(self, country_iso_code: str, output_dir: Path, gpu_ids: list[int] | None = None):
+    def __init__(self, country_iso_code: str, output_dir: Path, gpu_ids: list[int] | None = None, scope: str = "process"):
+        if scope not in SCOPES:
+            raise EnergyError(f"energy.codecarbon_scope {scope!r}: use one of {', '.join(SCOPES)}")
         self.country_iso_code = country_iso_code
         self.output_dir = Path(output_dir)
         self.gpu_ids = gpu_ids
+        self.scope = scope
         self.cpu_method: str | None = None  # known after the first window
+        self.cpu_quality = ESTIMATED
         self._tracker: Any = None
         self._capture = _Capture()
         self._start_error: str | None = None
@@ -94,13 +104,15 @@ class CodeCarbonSource:
                 output_file=CSV_NAME,
                 measure_power_secs=1,
                 gpu_ids=self.gpu_ids,
-                tracking_mode="machine",
+                tracking_mode=self.scope,
                 allow_multiple_runs=True,  # no lock file shared with other processes
                 log_level="warning",
             )
             _quiet_codecarbon(self._capture)  # its __init__ resets the level
             self._tracker.start()
-            self.cpu_method = self.cpu_method or describe_cpu_method(self._tracker)
+            if self.cpu_method is None:
+                self.cpu_method = describe_cpu_method(self._tracker)
+                self.cpu_quality = MEASURED if cpu_mode(self._tracker) in MEASURED_CPU_MODES else ESTIMATED
         except Exception as exc:  # an import or init failure: the window is unavailable, the run goes on
             self._start_error = f"{type(exc).__name__}: {exc}"
 
@@ -118,6 +130,9 @@ class CodeCarbonSource:
         figures = [data.cpu_energy, data.ram_energy, data.gpu_energy, emissions]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in figures):
             raise CodeCarbonUnavailable(self._reason(f"stop() returned invalid figures {figures}"))
+        # Emissions are linear in energy: their ratio is the grid intensity CodeCarbon applied.
+        consumed_kwh = getattr(data, "energy_consumed", 0.0)
+        intensity = float(emissions) / consumed_kwh if isinstance(consumed_kwh, (int, float)) and consumed_kwh > 0 else None
         return HostReading(
             cpu_j=data.cpu_energy * JOULES_PER_KWH,
             ram_j=data.ram_energy * JOULES_PER_KWH,
@@ -125,6 +140,8 @@ class CodeCarbonSource:
             emissions_kg=None if self._capture.errors else float(emissions),
             emissions_reason=f"CodeCarbon logged errors: {'; '.join(self._capture.errors[-3:])}" if self._capture.errors else None,
             duration_s=float(data.duration),
+            cpu_quality=self.cpu_quality,
+            kg_per_kwh=intensity,
         )
 
     def close(self) -> None:
@@ -154,6 +171,14 @@ def country_problem(country_iso_code: str) -> str | None:
             f"energy.country_iso_code {country_iso_code!r} is not in CodeCarbon's energy-mix table: "
             "use an ISO 3166-1 alpha-3 code such as USA, FRA, DEU"
         )
+    return None
+
+
+def cpu_mode(tracker: Any) -> str | None:
+    """CodeCarbon's CPU mode (intel_rapl, cpu_load, constant, ...), read from the tracker's hardware list."""
+    for hardware in getattr(tracker, "_hardware", []):
+        if type(hardware).__name__ == "CPU" and getattr(hardware, "_mode", None):
+            return hardware._mode
     return None
 
 

@@ -1,8 +1,9 @@
 """EnergyMonitor: the one object the runner uses to measure energy, phase by phase.
 
-It owns one window per phase over two sources (NVML for the GPUs, CodeCarbon
-for CPU, RAM and emissions), the idle baselines, the power sampler and the
-validity warnings. It never raises for a meter that fails mid-run: the
+It owns one window per phase over its meters (NVML for the GPUs, RAPL counters
+for CPU and RAM where readable, CodeCarbon for CPU, RAM and the grid's carbon
+intensity), the idle baselines, the power sampler, the CPU-contention snapshots
+and the validity warnings. It never raises for a meter that fails mid-run: the
 quantity goes absent and a tag says why. It raises EnergyError only for bad
 input found at construction (energy.gpu: nvml without NVML, an unknown
 country code).
@@ -19,13 +20,15 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llem_mlflow.energy import contention
 from llem_mlflow.energy import warnings as checks
 from llem_mlflow.energy.baseline import BEFORE_LOAD, LOADED, Baseline, dynamic_energy_j, measure_idle_power
 from llem_mlflow.energy.codecarbon_source import (
+    JOULES_PER_KWH,
     CodeCarbonSource,
     CodeCarbonUnavailable,
     country_problem,
@@ -51,6 +54,15 @@ from llem_mlflow.energy.nvml import (
     running_pids,
     samples_in,
 )
+from llem_mlflow.energy.quality import (
+    SOURCE_METRIC_PREFIXES,
+    TOTAL_METRICS,
+    differing_sources,
+    mixed_sources,
+    quality_tags,
+    with_failures,
+)
+from llem_mlflow.energy.rapl import RaplSource, RaplUnavailable
 from llem_mlflow.energy.readings import GpuSample, PhaseEnergy, now_ms
 from llem_mlflow.energy.timeline import downsampling_note, metric_histories
 from llem_mlflow.errors import EnergyError
@@ -63,6 +75,13 @@ MAPPING_BY_ENVIRONMENT = (
 
 # Windows whose figures are published: they get the validity checks (measured trials, prefill passes).
 CHECKED_PHASES = ("measure", "prefill")
+# The shortest measured window the meters support (measure.min_duration_s's default and the
+# short_window threshold). NVML's energy counter advances about every 100 ms, so each edge of a
+# window is uncertain by up to one period: 5 s (50 periods) keeps both edges under 4% of the
+# window. Without a GPU, CodeCarbon samples CPU load and memory once a second (RAPL updates every
+# millisecond): 1 s holds one full sample and keeps a CPU quickstart fast.
+MIN_WINDOW_GPU_S = 5.0
+MIN_WINDOW_HOST_S = 1.0
 
 
 @dataclass
@@ -86,10 +105,13 @@ class EnergyRecord:
 
 
 class EnergyMonitor:
-    def __init__(self, cfg: Any, hardware: Any = None, *, nvml: Any = None, workdir: Path | None = None):
+    def __init__(
+        self, cfg: Any, hardware: Any = None, *, nvml: Any = None, workdir: Path | None = None, rapl_root: Path | None = None
+    ):
         """`hardware`: the machine (default: the real one, torch + pynvml); `nvml` replaces its NVML
         library. `workdir` holds CodeCarbon's CSV until write_artifacts copies it (the caller removes
-        it; without one, a temporary folder is made and left to the system)."""
+        it; without one, a temporary folder is made and left to the system). `rapl_root`: the powercap
+        folder (None: /sys/class/powercap; tests pass a fake tree)."""
         if hardware is None:
             from llem_mlflow.bench.device import TorchCuda
 
@@ -101,7 +123,9 @@ class EnergyMonitor:
         self._windows_s: dict[str, tuple[float, float]] = {}  # phase -> monotonic (start, end)
         self._open: tuple[str, int, float] | None = None  # (phase, start_ms, monotonic start)
         self._pids_at_begin: dict[int, list[int] | None] = {}
+        self._cpu_at_begin: contention.CpuSnapshot | None = None
         self._gpu_begin_error: str | None = None
+        self._rapl_begin_error: str | None = None
         self._baselines: dict[str, Baseline] = {}  # idle_before_load / idle_loaded
         self._baseline_notes: dict[str, str] = {BEFORE_LOAD: "skipped: measure_baseline() was not called"}
         self._run_warnings: dict[str, str] = {}  # warnings about the whole run (gpu_mismatch)
@@ -131,8 +155,19 @@ class EnergyMonitor:
                 raise EnergyError(problem)
             gpu_ids = [d.target.nvml_index for d in self._devices] or None
             workdir = workdir or Path(tempfile.mkdtemp(prefix="llem-energy-"))
-            self._codecarbon = CodeCarbonSource(cfg.energy.country_iso_code, workdir / "codecarbon", gpu_ids)
+            self._codecarbon = CodeCarbonSource(
+                cfg.energy.country_iso_code, workdir / "codecarbon", gpu_ids, scope=cfg.energy.codecarbon_scope
+            )
             self.codecarbon_reason = None
+
+        self._rapl: RaplSource | None = None
+        self.rapl_reason: str | None = "off: energy.rapl is false"
+        if cfg.energy.rapl:
+            try:
+                self._rapl = RaplSource.open(rapl_root)
+                self.rapl_reason = None
+            except RaplUnavailable as exc:
+                self.rapl_reason = str(exc)
 
     # --- setup -----------------------------------------------------------------
 
@@ -235,6 +270,16 @@ class EnergyMonitor:
         if self._sampler is not None:
             self._sampler.stop()
 
+    @property
+    def min_window_s(self) -> float:
+        """The shortest measured window these meters support (see MIN_WINDOW_GPU_S)."""
+        return MIN_WINDOW_GPU_S if self._gpu is not None else MIN_WINDOW_HOST_S
+
+    def min_window_reason(self) -> str:
+        if self._gpu is not None:
+            return "NVML GPU energy: 50 periods of its ~100 ms counter, so each edge weighs under 2%"
+        return "no GPU energy: one CodeCarbon sampling period (1 s)"
+
     # --- windows -----------------------------------------------------------------
 
     def measure_baseline(self) -> bool:
@@ -301,6 +346,14 @@ class EnergyMonitor:
             raise EnergyError(f"energy window {self._open[0]!r} is still open: end it before beginning {phase!r}")
         if self._codecarbon is not None:
             self._codecarbon.begin(phase)  # first: building its tracker takes a while, outside the GPU window
+        self._rapl_begin_error = None
+        if self._rapl is not None:
+            try:
+                self._rapl.begin()
+            except RaplUnavailable as exc:
+                self._rapl_begin_error = str(exc)
+        if phase.startswith(CHECKED_PHASES):
+            self._cpu_at_begin = contention.snapshot()
         gpu_error, start_s = None, time.monotonic()  # before the GPU edge, so its power tick is inside
         if self._gpu is not None:
             self._sampler.start()
@@ -330,6 +383,17 @@ class EnergyMonitor:
                 reading.gpu_reason = str(exc)
         reading.duration_s = reading.gpu.duration_s if reading.gpu else time.monotonic() - start_s
         reading.end_ms = now_ms()
+        if phase.startswith(CHECKED_PHASES) and self._cpu_at_begin is not None:
+            reading.cpu_load = contention.cpu_load(self._cpu_at_begin, contention.snapshot())
+        if self._rapl is None:
+            reading.rapl_reason = self.rapl_reason
+        elif self._rapl_begin_error:
+            reading.rapl_reason = self._rapl_begin_error
+        else:
+            try:
+                reading.rapl = self._rapl.end()
+            except RaplUnavailable as exc:
+                reading.rapl_reason = str(exc)
         if self._codecarbon is None:
             reading.host_reason = self.codecarbon_reason
         else:
@@ -355,7 +419,10 @@ class EnergyMonitor:
             reading.gpu_dynamic_j = dynamic_energy_j(reading.gpu.total_j, baseline.total_w, reading.gpu.duration_s)
 
     def _window_warnings(self, reading: PhaseEnergy, start_s: float) -> dict[str, str]:
-        found: dict[str, str | None] = {"short_window": checks.short_window(reading.duration_s)}
+        found: dict[str, str | None] = {
+            "short_window": checks.short_window(reading.duration_s, self.min_window_s, self.min_window_reason()),
+            "cpu_contention": contention.cpu_contention(reading.cpu_load),
+        }
         if reading.gpu is not None:
             found.update(reading.gpu.notes)
         if reading.gpu_dynamic_j is not None and reading.gpu_dynamic_j < 0:
@@ -386,6 +453,7 @@ class EnergyMonitor:
         self._closed = True
         for step in (
             lambda: self._sampler and self._sampler.stop(),
+            lambda: self._rapl and self._rapl.close(),
             lambda: self._codecarbon and self._codecarbon.close(),
             lambda: self._nvml and self._nvml.optional("nvmlShutdown"),
         ):
@@ -399,10 +467,17 @@ class EnergyMonitor:
     def metrics(self, measured: PhaseEnergy, output_tokens: int, requests: int) -> dict[str, float]:
         """MLflow metrics for the measured window; a quantity not measured is absent, never 0."""
         m: dict[str, float] = {}
+        sources = measured.sources
+
+        def per_token(name: str, joules: float | None) -> None:
+            if joules is not None and output_tokens > 0:
+                m[name] = joules / output_tokens
+
         if measured.gpu is not None:
             m["energy/gpu_j"] = measured.gpu.total_j
             for gpu, joules in sorted(measured.gpu.energy_j.items()):
                 m[f"energy/gpu{gpu}_j"] = joules
+            per_token("energy/gpu_j_per_output_token", measured.gpu.total_j)
             if measured.gpu.sampled_j is not None and measured.gpu.method == "nvml_counter":
                 m["energy/gpu_sampled_j"] = measured.gpu.sampled_j
             if measured.gpu.mean_power_w is not None:
@@ -419,41 +494,65 @@ class EnergyMonitor:
             idle = self._baselines.get(kind)
             if idle is not None and set(idle.power_w) == gpus:  # another set of GPUs is not comparable
                 m[name] = idle.total_w
-        if measured.host is not None:
-            m["energy/cpu_j"] = measured.host.cpu_j
-            m["energy/ram_j"] = measured.host.ram_j
-            if measured.host.emissions_kg is not None:
-                m["emissions/kg_co2eq"] = measured.host.emissions_kg
+        for source in ("cpu", "ram"):
+            if source in sources:
+                m[f"energy/{source}_j"] = sources[source].joules
         total_j = measured.total_j
         if total_j is not None:
             m["energy/total_j"] = total_j
-            if output_tokens > 0:
-                m["energy/j_per_output_token"] = total_j / output_tokens
+            per_token("energy/j_per_output_token", total_j)
             if requests > 0:
                 m["energy/j_per_request"] = total_j / requests
-        if measured.gpu_dynamic_j is not None and output_tokens > 0:
-            m["energy/dynamic_j_per_output_token"] = measured.gpu_dynamic_j / output_tokens
+            intensity = self._grid_kg_per_kwh(measured)
+            if intensity is not None:  # from the energy reported here, so emissions and energy agree
+                m["emissions/kg_co2eq"] = total_j / JOULES_PER_KWH * intensity
+                m["emissions/grid_intensity_g_per_kwh"] = intensity * 1000.0
+        measured_j = measured.measured_j
+        if measured_j is not None:
+            m["energy/measured_j"] = measured_j
+            per_token("energy/measured_j_per_output_token", measured_j)
+        per_token("energy/dynamic_j_per_output_token", measured.gpu_dynamic_j)
+        if measured.cpu_load is not None:
+            m["cpu/own_util_pct"] = measured.cpu_load.own_pct
+            m["cpu/others_util_pct"] = measured.cpu_load.others_pct
         for phase in ("load", "first_generate", "warmup"):
             phase_j = self._readings[phase].total_j if phase in self._readings else None
             if phase_j is not None:
                 m[f"energy/{phase}_j"] = phase_j
         return m
 
+    @staticmethod
+    def _grid_kg_per_kwh(reading: PhaseEnergy) -> float | None:
+        """The intensity CodeCarbon applied in this window; None without CodeCarbon or when it logged errors."""
+        host = reading.host
+        if host is None or host.emissions_reason is not None:
+            return None
+        return host.kg_per_kwh
+
+    def _measured(self) -> list[PhaseEnergy]:
+        return [r for phase, r in self._readings.items() if phase.startswith("measure")]
+
     def tags(self) -> dict[str, str]:
         """llem.energy.*, llem.gpu.*, llem.timeline.* and llem.warning.* tags."""
-        measured = [r for phase, r in self._readings.items() if phase.startswith("measure")]
+        measured = self._measured()
         tags = {
             "llem.energy.gpu_method": self._gpu_method(measured),
-            "llem.energy.cpu_method": self._cpu_method(measured),
+            "llem.energy.cpu_method": self._host_method(measured, "cpu"),
+            "llem.energy.ram_method": self._host_method(measured, "ram"),
+            "llem.energy.rapl": f"unavailable: {self.rapl_reason}" if self._rapl is None else f"readable: {self._rapl.describe()}",
             "llem.energy.baseline": self._baseline_tag(),
         }
         if measured:
-            tags["llem.energy.total_sources"] = "+".join(measured[-1].total_sources) or "none"
+            tags.update(quality_tags(measured))
             emissions_reasons = [r.host.emissions_reason for r in measured if r.host and r.host.emissions_reason]
             if emissions_reasons:
                 tags["llem.energy.emissions"] = f"unavailable: {emissions_reasons[-1]}"
         if self._codecarbon is not None:
-            tags.setdefault("llem.energy.emissions", f"CodeCarbon offline, country {self.cfg.energy.country_iso_code}")
+            tags.setdefault(
+                "llem.energy.emissions",
+                f"energy/total_j x the grid intensity CodeCarbon uses for {self.cfg.energy.country_iso_code} (offline)",
+            )
+            tags["llem.energy.codecarbon_scope"] = self._codecarbon.scope
         if self._sampler is not None:
             if self._sampler.error:
                 tags["llem.energy.sampler"] = self._sampler.error
@@ -469,6 +568,9 @@ class EnergyMonitor:
                 prefix = "" if len(checked) == 1 else f"{reading.phase}: "
                 key = f"llem.warning.{name}"
                 tags[key] = f"{tags[key]} | {prefix}{text}" if key in tags else f"{prefix}{text}"
+        mixed = mixed_sources(measured)
+        if mixed:
+            tags["llem.warning.mixed_sources"] = mixed
         return {k: v[:5000] for k, v in tags.items()}  # MLflow's tag value limit is generous, but not infinite
 
     def _baseline_tag(self) -> str:
@@ -484,22 +586,66 @@ class EnergyMonitor:
             text += "; no idle baseline on the GPUs measured now: dynamic energy absent"
         return text
 
+    def dropped_over_trials(self, name: str) -> bool:
+        """Whether a metric must stay out of the summary over trials: the trials measured its sources differently."""
+        differing = differing_sources(self._measured())
+        if not differing:
+            return False
+        if name in TOTAL_METRICS:
+            return True
+        return any(name.startswith(prefix) for source in differing for prefix in SOURCE_METRIC_PREFIXES[source])
+
     def _gpu_method(self, measured: list[PhaseEnergy]) -> str:
         if self._gpu is None:
             return f"unavailable: {self.gpu_reason}"
         methods = sorted({r.gpu.method for r in measured if r.gpu is not None})
-        failures = [r.gpu_reason for r in measured if r.gpu is None and r.gpu_reason]
+        failures = [(r.phase, r.gpu_reason) for r in measured if r.gpu is None and r.gpu_reason]
         if failures and not methods:
-            return f"unavailable: {failures[-1]}"
-        return "+".join(methods) if methods else self._gpu.method
+            return f"unavailable: {failures[-1][1]}"
+        return with_failures("+".join(methods) if methods else self._gpu.method, failures)
 
-    def _cpu_method(self, measured: list[PhaseEnergy]) -> str:
-        if self._codecarbon is None:
-            return f"unavailable: {self.codecarbon_reason}"
-        failures = [r.host_reason for r in measured if r.host is None and r.host_reason]
-        if failures:
-            return f"unavailable: {failures[-1]}"
-        return f"CodeCarbon {self._codecarbon.cpu_method or 'not started yet'}"
+    def _host_method(self, measured: list[PhaseEnergy], source: str) -> str:
+        """How cpu or ram energy was read: RAPL's counters, CodeCarbon's figure, or why neither."""
+        rapl_domains = self._rapl.describe() if self._rapl is not None else ""
+        labels = [d for d in rapl_domains.split(", ") if d.startswith("package" if source == "cpu" else "dram")]
+        if measured:
+            meters = {r.sources[source].meter for r in measured if source in r.sources}
+        elif labels:  # no measured window yet (a failure before it): the meter that would have read it
+            meters = {"rapl"}
+        else:
+            meters = {"codecarbon"} if self._codecarbon is not None else set()
+        failures = [(r.phase, self._source_reason(r, source)) for r in measured if source not in r.sources]
+        parts = []
+        if "rapl" in meters:
+            parts.append(f"rapl ({', '.join(labels)})")
+        if "codecarbon" in meters:
+            parts.append(self._codecarbon_method(source))
+        if not parts:
+            reasons = [reason for _, reason in failures] or [self._source_reason(None, source)]
+            return f"unavailable: {reasons[-1]}"
+        return with_failures(" + ".join(parts), failures)
+
+    def _codecarbon_method(self, source: str) -> str:
+        cc = self._codecarbon
+        scope = f"{cc.scope} scope"
+        if source == "cpu":
+            text = f"CodeCarbon {cc.cpu_method or 'not started yet'}, {scope}"
+        else:
+            memory = "this process tree's resident memory" if cc.scope == "process" else "the installed memory"
+            text = f"CodeCarbon estimate: its RAM power model on {memory}"
+        if self._rapl is None:
+            text += f"; RAPL unavailable: {self.rapl_reason}"
+        elif source == "ram":
+            text += "; RAPL has no dram domain here"
+        return text
+
+    def _source_reason(self, reading: PhaseEnergy | None, source: str) -> str:
+        """Why a cpu/ram figure is missing from a window: RAPL's reason and CodeCarbon's."""
+        rapl = (reading.rapl_reason if reading is not None else None) or self.rapl_reason
+        if reading is not None and reading.rapl is not None and source == "ram":
+            rapl = "no dram domain"
+        codecarbon = (reading.host_reason if reading is not None else None) or self.codecarbon_reason
+        return f"RAPL: {rapl}; CodeCarbon: {codecarbon}"
 
     def _gpu_tags(self) -> dict[str, str]:
         if not self._devices:
@@ -570,12 +716,21 @@ class EnergyMonitor:
                 "duration_s": r.duration_s,
                 "gpu_j": r.gpu.energy_j if r.gpu else None,
                 "gpu_method": r.gpu.method if r.gpu else f"unavailable: {r.gpu_reason}",
-                "cpu_j": r.host.cpu_j if r.host else None,
-                "ram_j": r.host.ram_j if r.host else None,
+                "cpu_j": r.sources["cpu"].joules if "cpu" in r.sources else None,
+                "ram_j": r.sources["ram"].joules if "ram" in r.sources else None,
+                "sources": {name: {"joules": s.joules, "meter": s.meter, "quality": s.quality} for name, s in r.sources.items()},
+                "rapl_package_j": r.rapl.package_j if r.rapl else None,
+                "rapl_dram_j": r.rapl.dram_j if r.rapl else None,
+                "rapl_reason": r.rapl_reason,
+                "codecarbon_cpu_j": r.host.cpu_j if r.host else None,
+                "codecarbon_ram_j": r.host.ram_j if r.host else None,
                 "codecarbon_gpu_j": r.host.gpu_j if r.host else None,
-                "emissions_kg": r.host.emissions_kg if r.host else None,
+                "codecarbon_emissions_kg": r.host.emissions_kg if r.host else None,
+                "grid_kg_per_kwh": r.host.kg_per_kwh if r.host else None,
                 "host_reason": r.host_reason,
                 "total_j": r.total_j,
+                "measured_j": r.measured_j,
+                "cpu_load": asdict(r.cpu_load) if r.cpu_load else None,
                 "warnings": r.warnings,
                 "gpu_notes": r.gpu.notes if r.gpu else {},
                 "gpu_sampled_j": r.gpu.sampled_j if r.gpu else None,

@@ -63,6 +63,9 @@ class GpuReading:
         return self.total_j / self.duration_s if self.duration_s > 0 else None
 
 
+MEASURED, ESTIMATED = "measured", "estimated"
+
+
 @dataclass(frozen=True)
 class HostReading:
     """CodeCarbon's figures for one window (kWh and kg converted to J and kg)."""
@@ -70,9 +73,48 @@ class HostReading:
     cpu_j: float
     ram_j: float
     gpu_j: float  # CodeCarbon's own GPU figure: a cross-check only, never added to totals
-    emissions_kg: float | None  # None when CodeCarbon logged a problem with the window
+    emissions_kg: float | None  # CodeCarbon's own emissions (a cross-check); None when it logged a problem
     duration_s: float
     emissions_reason: str | None = None
+    cpu_quality: str = ESTIMATED  # measured when CodeCarbon read a counter (RAPL, EMI, powermetrics)
+    kg_per_kwh: float | None = None  # the grid intensity CodeCarbon applied (its emissions / its energy)
+
+
+@dataclass(frozen=True)
+class RaplReading:
+    """RAPL counters over one window: joules per socket (dram empty where the CPU has no dram domain)."""
+
+    package_j: dict[int, float]
+    dram_j: dict[int, float]
+    duration_s: float
+
+    @property
+    def cpu_j(self) -> float:
+        return sum(self.package_j.values())
+
+    @property
+    def ram_j(self) -> float | None:
+        return sum(self.dram_j.values()) if self.dram_j else None
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """CPU time over one window: this process (and its children) against everything else on the machine."""
+
+    duration_s: float
+    n_cpus: int
+    own_pct: float  # % of the machine's CPU capacity (all cores) used by this process tree
+    others_pct: float  # % used by every other process (floored at 0: clock-tick rounding)
+    load_1m: float  # load average at the end of the window
+
+
+@dataclass(frozen=True)
+class SourceEnergy:
+    """One energy source's figure in a window, how it was read, and whether it was measured or modelled."""
+
+    joules: float
+    meter: str  # nvml | rapl | codecarbon
+    quality: str  # measured | estimated
 
 
 @dataclass
@@ -87,20 +129,41 @@ class PhaseEnergy:
     gpu_reason: str | None = None  # why gpu is None
     host: HostReading | None = None
     host_reason: str | None = None  # why host is None
+    rapl: RaplReading | None = None
+    rapl_reason: str | None = None  # why rapl is None
+    cpu_load: CpuLoad | None = None
     warnings: dict[str, str] = field(default_factory=dict)
     gpu_dynamic_j: float | None = None  # GPU energy above the idle baseline (may be negative: never floored)
     gpu_baseline_w: float | None = None  # the idle power subtracted (all GPUs)
 
     @property
-    def total_j(self) -> float | None:
-        """GPU (NVML) + CPU + RAM (CodeCarbon): the sources measured; None if neither was."""
-        parts = []
+    def sources(self) -> dict[str, SourceEnergy]:
+        """gpu (NVML), cpu and ram: RAPL's counters where read, else CodeCarbon's figures; absent if neither."""
+        out: dict[str, SourceEnergy] = {}
         if self.gpu is not None:
-            parts.append(self.gpu.total_j)
-        if self.host is not None:
-            parts += [self.host.cpu_j, self.host.ram_j]
-        return sum(parts) if parts else None
+            out["gpu"] = SourceEnergy(self.gpu.total_j, "nvml", MEASURED)
+        if self.rapl is not None:
+            out["cpu"] = SourceEnergy(self.rapl.cpu_j, "rapl", MEASURED)
+        elif self.host is not None:
+            out["cpu"] = SourceEnergy(self.host.cpu_j, "codecarbon", self.host.cpu_quality)
+        if self.rapl is not None and self.rapl.ram_j is not None:
+            out["ram"] = SourceEnergy(self.rapl.ram_j, "rapl", MEASURED)
+        elif self.host is not None:
+            out["ram"] = SourceEnergy(self.host.ram_j, "codecarbon", ESTIMATED)  # a per-GB power model
+        return out
+
+    @property
+    def total_j(self) -> float | None:
+        """The sum of the sources measured (GPU + CPU + RAM); None if none was."""
+        sources = self.sources
+        return sum(s.joules for s in sources.values()) if sources else None
+
+    @property
+    def measured_j(self) -> float | None:
+        """The sum of the sources a meter measured (NVML, RAPL); None if every source was modelled."""
+        measured = [s.joules for s in self.sources.values() if s.quality == MEASURED]
+        return sum(measured) if measured else None
 
     @property
     def total_sources(self) -> list[str]:
-        return (["gpu"] if self.gpu is not None else []) + (["cpu", "ram"] if self.host is not None else [])
+        return list(self.sources)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from llem_mlflow.energy.readings import GpuSample
 
-MIN_WINDOW_S = 1.0  # the energy counter updates about every 100 ms: under 1 s is < ~10 updates
+
 MAX_TEMPERATURE_RISE_C = 10.0
 # NVML clocks-event reasons that mean the GPU slowed down against our will.
 THROTTLE_REASONS = {
@@ -20,12 +20,13 @@ THROTTLE_REASONS = {
 }
 
 
-def short_window(duration_s: float) -> str | None:
-    if duration_s >= MIN_WINDOW_S:
+def short_window(duration_s: float, min_s: float, why: str) -> str | None:
+    """The window is shorter than the meters support (`min_s`, the default of measure.min_duration_s)."""
+    if duration_s >= min_s:
         return None
     return (
-        f"measured window {duration_s:.3f} s < {MIN_WINDOW_S:.0f} s: the GPU energy counter updates about "
-        "every 100 ms, so the figure rests on few updates; measure more prompts or longer outputs"
+        f"measured window {duration_s:.3f} s < {min_s:g} s ({why}): edge effects weigh more than the "
+        "meters allow; raise measure.min_duration_s (or leave it unset), or measure more prompts"
     )
 
 

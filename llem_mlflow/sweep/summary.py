@@ -26,6 +26,7 @@ from llem_mlflow.tracking.compare import (
 )
 from llem_mlflow.tracking.run import RunLogger
 
+ENERGY_QUALITY = "energy_quality"  # summary.csv column: what energy/total_j rests on ("CPU+RAM estimated")
 # Headline metric -> which direction is better (the metric registry's, as tag-best decides it).
 HEADLINE_METRICS = {m: registry.direction(m) for m in registry.STUDY_BEST}
 
@@ -38,7 +39,12 @@ def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, ech
     finished = [r for r in rows if r["status"] == "FINISHED"]
     best = best_points(point_means(finished))
     parent = RunLogger(client, parent_id)
-    parent.log_metrics({f"best/{metric}": value for metric, (_, value) in best.items()})
+    best_metrics = {f"best/{metric}": value for metric, (_, value) in best.items()}
+    for metric, (point, _) in best.items():
+        interval = point_interval(finished, point, metric)
+        if interval is not None:
+            best_metrics[f"best/{metric}_ci95_low"], best_metrics[f"best/{metric}_ci95_high"] = interval
+    parent.log_metrics(best_metrics)
     tags = {f"llem.sweep.best.{metric}": point for metric, (point, _) in best.items()}
     missing = [m for m in HEADLINE_METRICS if m not in best]
     if missing:
@@ -51,8 +57,30 @@ def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, ech
             parent.log_artifact(plot, "sweep")
     parent.set_tags(tags)
     for metric, (point, value) in best.items():
-        echo(f"best {metric}: {point} ({value:.6g})")
+        echo(f"best {metric}: {point} ({describe_best(finished, point, metric, value)})")
     return rows
+
+
+def point_interval(rows: list[dict[str, Any]], point: str, metric: str) -> tuple[float, float] | None:
+    """The 95% interval over trials of a point measured by one run (n_trials > 1); None otherwise
+    (several repeats have several intervals: their mean has none of its own)."""
+    runs = [r for r in rows if r["point"] == point]
+    if len(runs) != 1 or f"{metric}_ci95_low" not in runs[0] or f"{metric}_ci95_high" not in runs[0]:
+        return None
+    return runs[0][f"{metric}_ci95_low"], runs[0][f"{metric}_ci95_high"]
+
+
+def describe_best(rows: list[dict[str, Any]], point: str, metric: str, value: float) -> str:
+    """`0.03127 J/token, 95% CI 0.029..0.0331, CPU+RAM estimated`: what the best point's figure is."""
+    parts = [f"{value:.4g} {registry.unit(metric)}".strip()]
+    interval = point_interval(rows, point, metric)
+    if interval is not None:
+        parts.append(f"95% CI {interval[0]:.4g}..{interval[1]:.4g}")
+    if registry.BY_NAME.get(metric) and registry.BY_NAME[metric].energy_of:
+        notes = {r.get(ENERGY_QUALITY) for r in rows if r["point"] == point}
+        if len(notes) == 1 and next(iter(notes)):
+            parts.append(next(iter(notes)))
+    return ", ".join(parts)
 
 
 def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
@@ -73,6 +101,7 @@ def summary_rows(study: Study, runs: list[Any]) -> list[dict[str, Any]]:
             "status": run.info.status,
             "run_id": run.info.run_id,
             "config_hash": tags.get(CONFIG_HASH_TAG, ""),
+            ENERGY_QUALITY: registry.total_energy_note(tags) or "",
         }
         for key in study.swept:
             row[key] = run.data.params.get(key, "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.tracking import version_tags as vt
 from llem_mlflow.tracking.registry import quote, search_all, set_alias
@@ -24,6 +25,7 @@ class RankedVersion:
     device_name: str
     device_count: int | None
     run_id: str | None
+    energy_quality: str | None = None  # what the run's energy/total_j rests on ("CPU+RAM estimated")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def rank_versions(
             "results from different hardware are not comparable: pick one with --gpu NAME [--gpu-count N]"
         )
     entries = [
-        RankedVersion(v, r.metrics[metric], r.device_name or r.slug, r.device_count, r.run_id)
+        RankedVersion(v, r.metrics[metric], r.device_name or r.slug, r.device_count, r.run_id, r.energy_quality)
         for v, r in results
         if metric in r.metrics
     ]
@@ -119,10 +121,16 @@ def format_ranking(ranking: Ranking) -> str:
     unit = vt.HEADLINE_METRICS.get(ranking.metric, "")
     better = "lower" if ranking.direction == "min" else "higher"
     lines = [f"{ranking.name}: {ranking.metric} [{unit}] ({better} is better)".replace(" []", "")]
-    lines.append(f"{'rank':>4}  {'version':>7}  {'value':>14}  {'hardware':<32}  run")
+    spec = registry.BY_NAME.get(ranking.metric)
+    quality = spec is not None and spec.energy_of == "total"  # a total figure: say what each rests on
+    lines.append(f"{'rank':>4}  {'version':>7}  {'value':>14}  {'hardware':<32}  " + ("energy quality".ljust(34) + "  " if quality else "") + "run")
     for rank, e in enumerate(ranking.entries, 1):
         hardware = f"{e.device_name} x {e.device_count}" if e.device_count else e.device_name
-        lines.append(f"{rank:>4}  {e.version:>7}  {e.value:>14.6g}  {hardware:<32}  {e.run_id or ''}")
+        note = f"{(e.energy_quality or 'unknown'):<34}  " if quality else ""
+        lines.append(f"{rank:>4}  {e.version:>7}  {e.value:>14.6g}  {hardware:<32}  {note}{e.run_id or ''}")
+    notes = {e.energy_quality for e in ranking.entries} if quality else set()
+    if len(notes) > 1:
+        lines.append("note: the versions' energy figures rest on different sources or qualities; compare like with like")
     if ranking.not_measured:
         lines.append(f"not measured: version(s) {', '.join(ranking.not_measured)}")
     if ranking.alias:

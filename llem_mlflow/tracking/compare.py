@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,12 +36,17 @@ TAG_COMPARED_RUNS = "llem.compare.run_ids"
 MISSING = "-"
 
 
+ENERGY_QUALITY_COLUMN = "energy quality"
+
+
 @dataclass
 class ComparedRun:
     run_id: str
     run_name: str
     params: dict[str, str]
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95% CI over trials
+    energy_quality: str | None = None  # what energy/total_j rests on, e.g. "CPU+RAM estimated"
 
 
 @dataclass
@@ -50,18 +55,29 @@ class Comparison:
     differing_params: list[str]
     metrics: list[str]  # key metrics present in at least one run
 
+    @property
+    def shows_energy_quality(self) -> bool:
+        return any(r.energy_quality for r in self.runs)
+
     def header(self) -> list[str]:
-        return ["run", *self.differing_params, *(metric_label(m) for m in self.metrics)]
+        quality = [ENERGY_QUALITY_COLUMN] if self.shows_energy_quality else []
+        return ["run", *self.differing_params, *(metric_label(m) for m in self.metrics), *quality]
 
     def rows(self, missing: str = MISSING) -> list[list[str]]:
+        quality = self.shows_energy_quality
         return [
             [
                 run.run_name,
                 *(run.params.get(p, missing) for p in self.differing_params),
-                *(_format_number(run.metrics[m]) if m in run.metrics else missing for m in self.metrics),
+                *(_format_cell(run, m) if m in run.metrics else missing for m in self.metrics),
+                *([run.energy_quality or missing] if quality else []),
             ]
             for run in self.runs
         ]
+
+    def interval_metrics(self) -> list[str]:
+        """Metrics for which at least one run has a confidence interval (n_trials > 1)."""
+        return [m for m in self.metrics if any(m in r.intervals for r in self.runs)]
 
 
 def metric_label(metric: str) -> str:
@@ -81,6 +97,8 @@ def load_comparison(
             run_name=r.info.run_name or r.info.run_id[:8],
             params=dict(r.data.params),
             metrics={k: v for k, v in r.data.metrics.items() if k in KEY_METRICS},
+            intervals=run_intervals(r.data.metrics),
+            energy_quality=registry.total_energy_note(r.data.tags),
         )
         for r in runs
     ]
@@ -119,8 +137,26 @@ def _disambiguate_names(runs: list[ComparedRun]) -> None:
             run.run_name = f"{run.run_name} ({run.run_id[:8]})"
 
 
+def run_intervals(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Key metric -> (ci95_low, ci95_high), for the metrics a run has an interval for."""
+    return {
+        m: (metrics[f"{m}_ci95_low"], metrics[f"{m}_ci95_high"])
+        for m in KEY_METRICS
+        if f"{m}_ci95_low" in metrics and f"{m}_ci95_high" in metrics
+    }
+
+
 def _format_number(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _format_cell(run: ComparedRun, metric: str) -> str:
+    """`0.03127`, or with an interval over trials `0.03127 [0.02901, 0.03310]`."""
+    text = _format_number(run.metrics[metric])
+    if metric in run.intervals:
+        low, high = run.intervals[metric]
+        text += f" [{_format_number(low)}, {_format_number(high)}]"
+    return text
 
 
 # --- output formats -------------------------------------------------------------------------------
@@ -152,7 +188,10 @@ def _render_csv(comparison: Comparison) -> str:
     """Full precision numbers, run id column, empty cell for a quantity not measured."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run_id", *comparison.header()])
+    with_ci = comparison.interval_metrics()
+    ci_header = [f"{m} ci95_{end} [{KEY_METRICS[m]}]" for m in with_ci for end in ("low", "high")]
+    writer.writerow(["run_id", *comparison.header(), *ci_header])
+    quality = comparison.shows_energy_quality
     for run in comparison.runs:
         writer.writerow(
             [
@@ -160,6 +199,8 @@ def _render_csv(comparison: Comparison) -> str:
                 run.run_name,
                 *(run.params.get(p, "") for p in comparison.differing_params),
                 *(repr(run.metrics[m]) if m in run.metrics else "" for m in comparison.metrics),
+                *([run.energy_quality or ""] if quality else []),
+                *(repr(bound) if m in run.intervals else "" for m in with_ci for bound in run.intervals.get(m, (None, None))),
             ]
         )
     return out.getvalue()
@@ -176,6 +217,8 @@ def _render_json(comparison: Comparison) -> str:
                 "run_name": r.run_name,
                 "params": {p: r.params.get(p) for p in comparison.differing_params},
                 "metrics": {m: r.metrics[m] for m in comparison.metrics if m in r.metrics},
+                "ci95": {m: list(r.intervals[m]) for m in comparison.metrics if m in r.intervals},
+                "energy_quality": r.energy_quality,
             }
             for r in comparison.runs
         ],

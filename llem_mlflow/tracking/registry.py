@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import ModelLoadError, TrackingError
 from llem_mlflow.redact import redact_uri
 from llem_mlflow.tracking import version_tags as vt
@@ -185,7 +186,7 @@ def _version_tags(run: Run, reference: ModelReference, logged_model_id: str) -> 
     }
     if reference.revision:
         tags[TAG_MODEL_REVISION] = reference.revision
-    for key in (vt.TAG_CONFIG_HASH, vt.TAG_DEVICE_TYPE):
+    for key in (vt.TAG_CONFIG_HASH, vt.TAG_DEVICE_TYPE, registry.TOTAL_QUALITY_TAG, registry.TOTAL_SOURCES_TAG):
         if key in run.data.tags:
             tags[key] = run.data.tags[key]
     for metric in vt.HEADLINE_METRICS:

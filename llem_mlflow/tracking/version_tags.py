@@ -7,6 +7,7 @@ Key scheme (documented in docs/registry.md; tag-best reads exactly these):
     llem.hw.<hw>.device_count     the number of devices
     llem.hw.<hw>.run_id           the run the figures come from
     llem.hw.<hw>.config_hash      that run's config hash
+    llem.hw.<hw>.energy_quality   what that run's energy/total_j rests on, e.g. "CPU+RAM estimated"
 
 <hw> is a slug of the device name plus the device count, e.g.
 "NVIDIA H100 80GB HBM3" x 1 -> `nvidia-h100-80gb-hbm3-x1`. It holds no ".",
@@ -80,6 +81,7 @@ class HardwareResult:
     device_count: int | None = None
     run_id: str | None = None
     config_hash: str | None = None
+    energy_quality: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -93,6 +95,9 @@ def results_tags(run_tags: dict[str, str], run_metrics: dict[str, float], run_id
     }
     if TAG_CONFIG_HASH in run_tags:
         tags[hw_tag_key(slug, "config_hash")] = run_tags[TAG_CONFIG_HASH]
+    quality = registry.total_energy_note(run_tags)
+    if quality:
+        tags[hw_tag_key(slug, "energy_quality")] = quality
     for metric in HEADLINE_METRICS:
         value = run_metrics.get(metric)
         if value is not None and math.isfinite(value):
@@ -130,6 +135,8 @@ def parse_hardware_results(version_tags: dict[str, Any]) -> dict[str, HardwareRe
             result.run_id = raw
         elif field_name == "config_hash":
             result.config_hash = raw
+        elif field_name == "energy_quality":
+            result.energy_quality = raw
         elif "." in field_name:
             value = _float_or_none(raw)
             if value is not None:
