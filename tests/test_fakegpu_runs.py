@@ -95,7 +95,7 @@ def test_short_window_warns_and_its_energy_is_never_a_made_up_zero(tmp_path):
     machine = Scenario([Gpu("H100")]).build()
     m, tags, _ = run_on(machine, tmp_path, dataset={"source": "builtin", "n": 2}, max_output_tokens=2,
                         decoder={"preset": "deterministic", "min_new_tokens": 2})  # fmt: skip
-    assert "< 1 s" in tags["llem.warning.short_window"]
+    assert "< 5 s" in tags["llem.warning.short_window"]  # the GPU default (measure.min_duration_s)
     assert m["energy/gpu_j"] > 0  # counter steps of 100 ms: a stalled counter falls back to the samples
 
 
