@@ -27,6 +27,7 @@ from llem_mlflow import __version__
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.config.params import config_hash
+from llem_mlflow.errors import ConfigError
 from llem_mlflow.progress import progress
 from llem_mlflow.redact import redact
 from llem_mlflow.report import Listener, NoListener, Report
@@ -41,10 +42,21 @@ if TYPE_CHECKING:
 
 def measure(cfg: ExperimentConfig, **options: Any) -> Report:
     """Run the experiment and return its Report (options: see Measurement). Raises on a failure."""
-    return Measurement(cfg, **options).run()
+    return measurement_for(cfg, **options).run()
+
+
+def measurement_for(cfg: ExperimentConfig, **options: Any) -> Measurement:
+    """One process, or with pytorch.num_processes > 1 the data-parallel lead (distributed.py)."""
+    if (cfg.pytorch.num_processes or 1) > 1:
+        from llem_mlflow.distributed import LeadMeasurement
+
+        return LeadMeasurement(cfg, **options)
+    return Measurement(cfg, **options)
 
 
 class Measurement:
+    data_parallel = False  # True in the ranks of a data-parallel run (distributed.py)
+
     def __init__(
         self,
         cfg: ExperimentConfig,
@@ -59,6 +71,8 @@ class Measurement:
         """`hardware`: the machine's GPUs (llem_mlflow.bench.device.Hardware; None: the real one, torch
         and pynvml; tests pass a fake GPU machine). `nvml`: only the NVML library replaced. `workdir`:
         where the meters keep their files (default: a new temporary folder; `cleanup()` removes it)."""
+        if (cfg.pytorch.num_processes or 1) > 1 and not self.data_parallel:
+            raise ConfigError("pytorch.num_processes > 1 runs in several processes: use measure(cfg) or measurement_for(cfg)")
         if hardware is None:
             from llem_mlflow.bench.device import TorchCuda
 
@@ -188,6 +202,10 @@ class Measurement:
                     records.extend(done)
                     self.report.records.extend(done)  # batch by batch: what a failure keeps
                     advance()
+        gathered = self.collect(records)  # data parallel: every rank's requests of this trial, on rank 0
+        if gathered is not records:
+            self.report.records = [r for r in self.report.records if r.trial != trial] + gathered
+            records = gathered
         duration = self.report.durations_s[phase]
         metrics = latency_metrics(records)
         metrics.update(throughput_metrics(metrics, len(records), duration))
@@ -338,15 +356,17 @@ class Measurement:
         self.memory.begin()
         if monitor is not None:
             monitor.begin(name)
-        start = time.perf_counter()
         try:
+            self.edge(name, "begin")
+            start = time.perf_counter()
             yield window
+            self.hardware.synchronize(self.devices)
+            self.edge(name, "end")
         except BaseException:
             if monitor is not None:  # close the window so the energy up to the failure is kept
                 with suppress(Exception):
                     self._cut_short = monitor.end(name)
             raise
-        self.hardware.synchronize(self.devices)
         self.report.durations_s[name] = time.perf_counter() - start
         if monitor is not None:
             window.energy = monitor.end(name)
@@ -369,6 +389,15 @@ class Measurement:
         del self.report.durations_s[phase]
         for name in [n for n in self.report.metrics if n.startswith(f"memory/{phase}_")]:
             del self.report.metrics[name]
+
+    # --- hooks for data parallel (llem_mlflow/distributed.py); nothing in one process -----------
+    def edge(self, phase: str, when: str) -> None:
+        """Called at each phase edge ("begin" / "end"), inside the energy window, outside the timed
+        one: data-parallel ranks wait for each other here, so every rank's phase is the same window."""
+
+    def collect(self, records: list[RequestRecord]) -> list[RequestRecord]:
+        """The requests of a measured trial, once its phase ended: every rank's, on rank 0."""
+        return records
 
 
 @dataclass

@@ -137,3 +137,36 @@ def invoke_cli(*args: str, expect_exit: int = 0) -> Any:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == expect_exit, result.output
     return result
+
+
+FAIL_IN_WORKER = '''\
+"""Written by tests/helpers.py::fail_in_worker: fault injection in a data-parallel worker."""
+import os
+import sys
+
+_argv = getattr(sys, "orig_argv", sys.argv)
+if "llem_mlflow.distributed" in _argv and _argv[_argv.index("llem_mlflow.distributed") + 1] == os.environ.get("LLEM_TEST_FAIL_RANK"):
+    from llem_mlflow.bench.generation import Generator
+
+    _real_run_batch, _calls = Generator.run_batch, []
+
+    def _run_batch(self, batch):
+        _calls.append(batch.index)
+        if len(_calls) == int(os.environ["LLEM_TEST_FAIL_CALL"]):
+            raise RuntimeError(os.environ["LLEM_TEST_FAIL_MESSAGE"])
+        return _real_run_batch(self, batch)
+
+    Generator.run_batch = _run_batch
+'''
+
+
+def fail_in_worker(monkeypatch: Any, directory: Path, rank: int, call_number: int, message: str) -> None:
+    """Fault injection in data-parallel worker `rank`, another process that `before_batch` cannot reach:
+    a sitecustomize module put first on PYTHONPATH makes that worker's `call_number`-th generate()
+    batch raise RuntimeError(message) (warmup batches count, as in before_batch)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(FAIL_IN_WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LLEM_TEST_FAIL_RANK", str(rank))
+    monkeypatch.setenv("LLEM_TEST_FAIL_CALL", str(call_number))
+    monkeypatch.setenv("LLEM_TEST_FAIL_MESSAGE", message)
