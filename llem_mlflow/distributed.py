@@ -56,6 +56,7 @@ BACKEND = "gloo"  # edges and gathers only, no tensors on the GPUs: gloo needs n
 TIMEOUT = timedelta(hours=4)
 BARRIER_POLL_S = 0.001  # how often a waiting rank looks at its barrier (a signal gets through between looks)
 STOP_GRACE_S = 20.0  # workers told to stop may take this long to send what they finished, then SIGKILL
+ANSWER_S = 600.0  # the longest a worker may take to start, or to send its requests after a shared edge
 # Per-process memory figures: the experiment's footprint is their sum over the ranks.
 SUMMED_MEMORY = ("memory/gpu_peak_allocated_mb", "memory/gpu_model_mb", "memory/process_peak_rss_mb")
 EXIT_FAULT, EXIT_STOPPED = 1, 130
@@ -130,6 +131,7 @@ class RankMeasurement(Measurement):
     """The core, as one rank: the same phases, with edges shared by every rank."""
 
     data_parallel = True
+    device_label: str | None = None  # a worker's GPU as rank 0 numbers them (the worker sees only that one)
 
     def __init__(self, cfg: ExperimentConfig, *, team: Team, **options: Any):
         super().__init__(cfg, **options)
@@ -208,7 +210,7 @@ def rank_facts(measurement: RankMeasurement, loaded: LoadedModel) -> dict[str, A
     return {
         "rank": measurement.team.rank,
         "pid": os.getpid(),
-        "device": loaded.device,
+        "device": measurement.device_label or loaded.device,
         "device_name": device_tags(loaded)["llem.device.name"],
         "threads": torch.get_num_threads(),
         "batches": [b.index for b in measurement.batches],
@@ -229,12 +231,13 @@ class LeadMeasurement(RankMeasurement):
         import torch
 
         check_devices(self.cfg)
-        on_gpu = torch.cuda.is_available() and self.cfg.pytorch.device_map != "cpu"
+        gpus = visible_gpus() if torch.cuda.is_available() and self.cfg.pytorch.device_map != "cpu" else None
         threads = threads_per_process(self.team.size)
         previous_threads = torch.get_num_threads()
         try:
-            place(threads, 0 if on_gpu else None)
-            self.workers.start(self.team.port, lambda rank: self._setup(rank, on_gpu, threads))
+            if threads is not None:
+                torch.set_num_threads(threads)
+            self.workers.start(self.team.port, lambda rank: self._setup(rank, gpus, threads))
             self.workers.wait_for("ready")  # then joining cannot wait on a worker that died starting
             self.team.join()
             report = super().run()
@@ -254,14 +257,16 @@ class LeadMeasurement(RankMeasurement):
     def gather(self, kind: str, value: Any) -> dict[int, Any]:
         return {0: value, **self.workers.receive(kind)}
 
-    def _setup(self, rank: int, on_gpu: bool, threads: int | None) -> dict[str, Any]:
-        return {
-            "cfg": worker_config(self.cfg, rank, on_gpu),
+    def _setup(self, rank: int, gpus: list[str] | None, threads: int | None) -> tuple[dict[str, Any], dict[str, str]]:
+        """What worker `rank` is told, and its environment: on GPUs it sees only its own, GPU `rank` of ours."""
+        message = {
+            "cfg": worker_config(self.cfg),
             "model_path": self.model_path,
             "workdir": str(self.report.workdir / f"rank{rank}"),
             "threads": threads,
-            "gpu": rank if on_gpu else None,
+            "device": f"cuda:{rank}" if gpus else None,  # its GPU as rank 0 numbers them
         }
+        return message, ({"CUDA_VISIBLE_DEVICES": gpus[rank]} if gpus else {})
 
     def partial(self, error: str) -> Report:
         self.workers.stop()
@@ -271,7 +276,7 @@ class LeadMeasurement(RankMeasurement):
             report.records = merge_records({0: report.records, **self.workers.finished})
         super().partial(error)
         if self.workers.procs:
-            report.tags["llem.partial.ranks"] = self.workers.kept_description()
+            report.tags["llem.partial.ranks"] = kept_ranks(report.records, self.team.size)
         return report
 
     def cleanup(self) -> None:
@@ -280,12 +285,10 @@ class LeadMeasurement(RankMeasurement):
         super().cleanup()
 
 
-def worker_config(cfg: ExperimentConfig, rank: int, on_gpu: bool) -> ExperimentConfig:
-    """A worker's config: its own GPU, no meters (rank 0 measures every GPU and the host once)."""
-    pytorch = cfg.pytorch.model_copy(update={"device_map": f"cuda:{rank}"}) if on_gpu else cfg.pytorch
+def worker_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """A worker's config: no meters (rank 0 measures every GPU and the host once)."""
     return cfg.model_copy(
         update={
-            "pytorch": pytorch,
             "energy": cfg.energy.model_copy(update={"gpu": "off", "codecarbon": False}),
             "baseline": cfg.baseline.model_copy(update={"enabled": False}),
             "cooldown": cfg.cooldown.model_copy(update={"enabled": False}),
@@ -300,13 +303,13 @@ def threads_per_process(size: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // size)
 
 
-def place(threads: int | None, gpu: int | None) -> None:
+def visible_gpus() -> list[str]:
+    """The CUDA_VISIBLE_DEVICES entry of each visible GPU, in CUDA order (GPU i is rank i's)."""
     import torch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if gpu is not None:
-        torch.cuda.set_device(gpu)  # torch.cuda.synchronize() and friends act on this GPU
+    from llem_mlflow.energy.devices import visible_entries
+
+    return visible_entries(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
 
 
 def check_devices(cfg: ExperimentConfig) -> None:
@@ -347,24 +350,27 @@ class Workers:
         self._conns: dict[int, Connection] = {}
         self._changed = threading.Condition()
         self._watcher: threading.Thread | None = None
+        self._interrupts = False  # whether a failure can interrupt the main thread (our SIGUSR1 handler is set)
         self._previous_handler: Any = None
         self._stopped = False
 
     def start(self, port: int, setup: Any) -> None:
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGUSR1, self._interrupt)
+            self._interrupts = True
         for rank in range(1, self.size):
             ours, theirs = Pipe()
             # MASTER_ADDR/PORT say where the group meets; RANK and WORLD_SIZE are left unset on purpose:
             # libraries read them as "torch.distributed is in use" and would change what they do.
-            env = {**os.environ, "MASTER_ADDR": HOST, "MASTER_PORT": str(port)}
+            message, own_env = setup(rank)
+            env = {**os.environ, "MASTER_ADDR": HOST, "MASTER_PORT": str(port), **own_env}
             command = [sys.executable, "-m", "llem_mlflow.distributed", str(rank), str(self.size), str(port), str(theirs.fileno()), str(os.getpid())]
             self.procs[rank] = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
             theirs.close()
             self._conns[rank] = ours
             self.state[rank] = "starting"
             self._inbox[rank] = {}
-            ours.send(setup(rank))
+            ours.send(message)
         self.armed = True
         self._watcher = threading.Thread(target=self._watch, name="llem-workers", daemon=True)
         self._watcher.start()
@@ -410,14 +416,12 @@ class Workers:
     def _failed(self, failure: WorkerFailed) -> None:
         if self.failure is None or (self.failure.collateral and not failure.collateral):
             self.failure = failure
-        if self.armed and self._previous_handler is not None:
+        if self.armed and self._interrupts:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
     # --- the main thread -----------------------------------------------------------------------------
     def _interrupt(self, signum: int, frame: Any) -> None:
-        if self.armed and self.failure is not None:
-            self.armed = False
-            raise self.root_failure(wait_s=1.0)
+        self.check()
 
     def check(self) -> None:
         """Raise a worker's failure (the lead's barriers and waits call this)."""
@@ -435,18 +439,23 @@ class Workers:
 
     def receive(self, kind: str) -> dict[int, Any]:
         """One value of this kind from every worker, by rank; a failure meanwhile is raised."""
+        self._wait(lambda rank: kind in self._inbox[rank], f"send its {kind}")
         with self._changed:
-            while not all(kind in box for box in self._inbox.values()):
-                self.check()
-                self._changed.wait(0.2)
             return {rank: box.pop(kind) for rank, box in self._inbox.items()}
 
     def wait_for(self, state: str) -> None:
         """Until every worker is ready (or done); a failure meanwhile is raised."""
         reached = {"ready": ("ready", "done"), "done": ("done",)}[state]
+        self._wait(lambda rank: self.state[rank] in reached, f"get {state}")
+
+    def _wait(self, arrived: Any, what: str) -> None:
+        deadline = time.monotonic() + ANSWER_S
         with self._changed:
-            while not all(self.state[r] in reached for r in self.state):
+            while not all(arrived(rank) for rank in self.state):
                 self.check()
+                if time.monotonic() > deadline:
+                    late = min(rank for rank in self.state if not arrived(rank))
+                    raise WorkerFailed(late, f"did not {what} within {ANSWER_S:.0f} s (it may hang; see its output above)")
                 self._changed.wait(0.2)
 
     def stop(self) -> None:
@@ -469,18 +478,20 @@ class Workers:
             self._watcher.join(timeout=10)
         for conn in self._conns.values():
             conn.close()
-        if self._previous_handler is not None and not (self._watcher and self._watcher.is_alive()):
+        if self._interrupts and not (self._watcher and self._watcher.is_alive()):
             signal.signal(signal.SIGUSR1, self._previous_handler)
-            self._previous_handler = None
+            self._interrupts = False
         self._stopped = True
 
-    def kept_description(self) -> str:
-        ranks = [0] + sorted(self.finished)
-        lost = [r for r in self.procs if r not in self.finished]
-        text = f"requests kept from rank(s) {', '.join(map(str, ranks))}"
-        if lost:
-            text += f"; none from rank(s) {', '.join(map(str, lost))}, which ended without sending them"
-        return text
+
+def kept_ranks(records: list[RequestRecord], size: int) -> str:
+    """llem.partial.ranks: whose finished requests a failed run kept."""
+    kept = sorted({r.rank for r in records})
+    text = f"requests kept from rank(s) {', '.join(map(str, kept))}" if kept else "no finished request kept"
+    lost = [rank for rank in range(size) if rank not in kept]
+    if lost and kept:
+        text += f"; none from rank(s) {', '.join(map(str, lost))} (it ended before finishing one, or without sending them)"
+    return text
 
 
 def exit_description(code: int | None) -> str:
@@ -552,12 +563,15 @@ def worker_main(argv: list[str]) -> None:
     code = EXIT_FAULT
     try:
         setup = conn.recv()
+        import torch
         import torch.distributed  # noqa: F401  (before "ready": from then on the lead waits for us in the group)
 
-        place(setup["threads"], setup["gpu"])
+        if setup["threads"] is not None:
+            torch.set_num_threads(setup["threads"])
         measurement = WorkerMeasurement(
             setup["cfg"], team=Team(rank, size, port), conn=conn, quiet=True, model_path=setup["model_path"], workdir=Path(setup["workdir"])
         )
+        measurement.device_label = setup["device"]
         conn.send(("ready",))
         measurement.run()
         conn.send(("done",))

@@ -11,6 +11,10 @@ phase ends; nothing it does runs inside a measured window.
 
     report = measure(cfg)                      # anywhere torch runs: a GPU box, a worker, a test
     Measurement(cfg, listener=...).run()       # the same, keeping the partial Report on a failure
+
+With pytorch.num_processes > 1 (data parallel) `measurement_for(cfg)` gives the lead of
+llem_mlflow/distributed.py, whose ranks use this core's hooks: `edge()` at each phase edge,
+`prepare()` for their share of the batches, `collect()` for every rank's requests.
 """
 
 from __future__ import annotations
@@ -392,8 +396,9 @@ class Measurement:
 
     # --- hooks for data parallel (llem_mlflow/distributed.py); nothing in one process -----------
     def edge(self, phase: str, when: str) -> None:
-        """Called at each phase edge ("begin" / "end"), inside the energy window, outside the timed
-        one: data-parallel ranks wait for each other here, so every rank's phase is the same window."""
+        """Called at each phase edge, inside the energy window: "begin" before the clock starts, "end"
+        before it stops. Data-parallel ranks wait for each other here, so every rank's phase is one
+        window that ends with the slowest rank."""
 
     def collect(self, records: list[RequestRecord]) -> list[RequestRecord]:
         """The requests of a measured trial, once its phase ended: every rank's, on rank 0."""
