@@ -57,8 +57,9 @@ TIMEOUT = timedelta(hours=4)
 BARRIER_POLL_S = 0.001  # how often a waiting rank looks at its barrier (a signal gets through between looks)
 STOP_GRACE_S = 20.0  # workers told to stop may take this long to send what they finished, then SIGKILL
 ANSWER_S = 600.0  # the longest a worker may take to start, or to send its requests after a shared edge
-# Per-process memory figures: the experiment's footprint is their sum over the ranks.
-SUMMED_MEMORY = ("memory/gpu_peak_allocated_mb", "memory/gpu_model_mb", "memory/process_peak_rss_mb")
+# NVML's used memory per phase: rank 0 reads it over every rank's GPU already. Every other memory/*
+# figure is one process's (RSS, torch's allocator, the model): the experiment's is their sum.
+DEVICE_MEMORY_SUFFIX = "_gpu_peak_used_mb"
 EXIT_FAULT, EXIT_STOPPED = 1, 130
 
 
@@ -162,13 +163,10 @@ class RankMeasurement(Measurement):
 
     def combine(self, facts: list[dict[str, Any]]) -> None:
         """Rank 0: the figures that each rank measured of its own process, made the experiment's."""
-        metrics = self.report.metrics
-        for name in SUMMED_MEMORY:
-            values = [f["memory"][name] for f in facts if name in f["memory"]]
-            if len(values) == len(facts):
-                metrics[name] = sum(values)
-            else:  # not measured on every rank: there is no total to give
-                metrics.pop(name, None)
+        workers = facts[1:]
+        sum_memory(self.report.metrics, [f["memory"] for f in workers])
+        for trial, metrics in enumerate(self.report.trial_metrics):
+            sum_memory(metrics, [f["trial_memory"][trial] for f in workers])
         self.add_tags(
             {
                 "llem.device.name": ", ".join(sorted({f["device_name"] for f in facts})),
@@ -182,8 +180,19 @@ class RankMeasurement(Measurement):
             "processes": self.team.size,
             "backend": BACKEND,
             "master": f"{HOST}:{self.team.port}",
-            "ranks": [{**{k: v for k, v in f.items() if k != "memory"}, "requests": per_rank.get(f["rank"], 0)} for f in facts],
+            "ranks": [{**{k: v for k, v in f.items() if "memory" not in k}, "requests": per_rank.get(f["rank"], 0)} for f in facts],
         }
+
+
+def sum_memory(own: dict[str, float], others: list[dict[str, float]]) -> None:
+    """Per-process memory figures summed over the ranks; one not taken on every rank has no total and
+    goes (memory/baseline_*: only rank 0 measures the baseline). NVML's device figures stay as they are."""
+    for name in [n for n in own if n.startswith("memory/") and not n.endswith(DEVICE_MEMORY_SUFFIX)]:
+        values = [figures.get(name) for figures in others]
+        if None in values:
+            del own[name]
+        else:
+            own[name] += sum(values)
 
 
 def share(batches: list[Any], rank: int, size: int) -> list[Any]:
@@ -198,7 +207,7 @@ def merge_records(by_rank: dict[int, list[RequestRecord]]) -> list[RequestRecord
         for record in records:
             record.rank = rank
             merged.append(record)
-    return sorted(merged, key=lambda r: r.request_index)
+    return sorted(merged, key=lambda r: (r.trial, r.request_index))
 
 
 def rank_facts(measurement: RankMeasurement, loaded: LoadedModel) -> dict[str, Any]:
@@ -206,7 +215,9 @@ def rank_facts(measurement: RankMeasurement, loaded: LoadedModel) -> dict[str, A
 
     from llem_mlflow.bench.environment import device_tags
 
-    metrics = measurement.report.metrics
+    def memory(metrics: dict[str, float]) -> dict[str, float]:
+        return {name: value for name, value in metrics.items() if name.startswith("memory/")}
+
     return {
         "rank": measurement.team.rank,
         "pid": os.getpid(),
@@ -214,7 +225,8 @@ def rank_facts(measurement: RankMeasurement, loaded: LoadedModel) -> dict[str, A
         "device_name": device_tags(loaded)["llem.device.name"],
         "threads": torch.get_num_threads(),
         "batches": [b.index for b in measurement.batches],
-        "memory": {name: metrics[name] for name in SUMMED_MEMORY if name in metrics},
+        "memory": memory(measurement.report.metrics),
+        "trial_memory": [memory(metrics) for metrics in measurement.report.trial_metrics],
     }
 
 
@@ -271,12 +283,15 @@ class LeadMeasurement(RankMeasurement):
     def partial(self, error: str) -> Report:
         self.workers.stop()
         report = self.report
-        if not report.trial_metrics and all(r.rank == 0 for r in report.records):
-            # The first trial did not end: its finished requests are spread over the ranks.
-            report.records = merge_records({0: report.records, **self.workers.finished})
+        cut = len(report.trial_metrics) + 1  # the trial the failure cut short: its requests are spread over the ranks
+        if not any(r.trial == cut and r.rank != 0 for r in report.records):
+            spread = {rank: [r for r in records if r.trial == cut] for rank, records in self.workers.finished.items()}
+            own = [r for r in report.records if r.trial == cut]
+            report.records = [r for r in report.records if r.trial != cut] + merge_records({0: own, **spread})
         super().partial(error)
-        if self.workers.procs:
-            report.tags["llem.partial.ranks"] = kept_ranks(report.records, self.team.size)
+        if self.workers.procs and cut <= self.cfg.n_trials:
+            kept = kept_ranks([r for r in report.records if r.trial == cut], self.team.size)
+            report.tags["llem.partial.ranks"] = kept if self.cfg.n_trials == 1 else f"trial {cut}: {kept}"
         return report
 
     def cleanup(self) -> None:
@@ -344,7 +359,7 @@ class Workers:
         self.procs: dict[int, subprocess.Popen] = {}
         self.state: dict[int, str] = {}  # starting | ready | done | failed | gone
         self.finished: dict[int, list[RequestRecord]] = {}  # requests a failed or stopped worker sent
-        self._inbox: dict[int, dict[str, Any]] = {}  # rank -> kind -> value, until received
+        self._inbox: dict[int, dict[str, list[Any]]] = {}  # rank -> kind -> values in arrival order, until received
         self.failure: WorkerFailed | None = None
         self.armed = False  # a failure interrupts the main thread only while this is true
         self._conns: dict[int, Connection] = {}
@@ -392,7 +407,7 @@ class Workers:
     def _heard(self, rank: int, message: tuple) -> None:
         with self._changed:
             if message[0] in ("records", "facts"):
-                self._inbox[rank][message[0]] = message[1]
+                self._inbox[rank].setdefault(message[0], []).append(message[1])
             else:
                 self.state[rank] = message[0]
             if message[0] == "failed":
@@ -439,9 +454,9 @@ class Workers:
 
     def receive(self, kind: str) -> dict[int, Any]:
         """One value of this kind from every worker, by rank; a failure meanwhile is raised."""
-        self._wait(lambda rank: kind in self._inbox[rank], f"send its {kind}")
+        self._wait(lambda rank: bool(self._inbox[rank].get(kind)), f"send its {kind}")
         with self._changed:
-            return {rank: box.pop(kind) for rank, box in self._inbox.items()}
+            return {rank: box[kind].pop(0) for rank, box in self._inbox.items()}
 
     def wait_for(self, state: str) -> None:
         """Until every worker is ready (or done); a failure meanwhile is raised."""

@@ -238,6 +238,7 @@ class Measurement:
                 for batch in batches:
                     records.extend(prefill.run_batch(batch))
                     advance()
+        records = self.collect(records)  # data parallel: every rank's prefill requests, on rank 0
         metrics = summarize("latency/prefill_ms", [r.e2e_ms for r in records])
         metrics["time/prefill_s"] = self.report.durations_s[phase]
         metrics.update(window.memory)
@@ -401,7 +402,7 @@ class Measurement:
         window that ends with the slowest rank."""
 
     def collect(self, records: list[RequestRecord]) -> list[RequestRecord]:
-        """The requests of a measured trial, once its phase ended: every rank's, on rank 0."""
+        """The requests of a measured window, once its phase ended: every rank's, on rank 0."""
         return records
 
 

@@ -163,7 +163,7 @@ if "llem_mlflow.distributed" in _argv and _argv[_argv.index("llem_mlflow.distrib
 def fail_in_worker(monkeypatch: Any, directory: Path, rank: int, call_number: int, message: str) -> None:
     """Fault injection in data-parallel worker `rank`, another process that `before_batch` cannot reach:
     a sitecustomize module put first on PYTHONPATH makes that worker's `call_number`-th generate()
-    batch raise RuntimeError(message) (warmup batches count, as in before_batch)."""
+    batch raise RuntimeError(message) (counted as in before_batch: cold start and warmup count)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sitecustomize.py").write_text(FAIL_IN_WORKER)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))

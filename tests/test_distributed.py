@@ -111,6 +111,15 @@ def test_a_failed_run_says_whose_requests_it_kept():
     assert kept_ranks([], 2) == "no finished request kept"
 
 
+def test_memory_per_process_is_summed_over_the_ranks():
+    from llem_mlflow.distributed import sum_memory
+
+    lead = {"memory/load_peak_rss_mb": 100.0, "memory/baseline_peak_rss_mb": 90.0, "memory/load_gpu_peak_used_mb": 5000.0,
+            "tokens/output_total": 64.0}  # fmt: skip
+    sum_memory(lead, [{"memory/load_peak_rss_mb": 80.0}, {"memory/load_peak_rss_mb": 70.0}])
+    assert lead == {"memory/load_peak_rss_mb": 250.0, "memory/load_gpu_peak_used_mb": 5000.0, "tokens/output_total": 64.0}
+
+
 def test_merged_requests_carry_their_rank_in_measured_order():
     from llem_mlflow.bench.generation import RequestRecord
 
@@ -174,8 +183,8 @@ def test_two_processes_through_mlflow_run(mlflow_store, project_copy, tmp_path, 
 @pytest.mark.slow
 def test_a_worker_that_fails_fails_the_run_and_leaves_no_process(mlflow_store, tmp_path, monkeypatch, capsys):
     tag = _tag_processes(monkeypatch)
-    # Rank 1 runs batches 1, 3, 5, 7; after its warmup batch and two measured batches it raises.
-    fail_in_worker(monkeypatch, tmp_path / "inject", rank=1, call_number=1 + 3, message="injected fault in rank 1")
+    # Rank 1 runs batches 1, 3, 5, 7; after its first generate(), one warmup and two measured batches it raises.
+    fail_in_worker(monkeypatch, tmp_path / "inject", rank=1, call_number=2 + 3, message="injected fault in rank 1")
     cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 8}, **PARALLEL)
     code = launch(str(cfg), quiet=True)
     err = capsys.readouterr().err
@@ -206,11 +215,14 @@ def test_gpu_energy_is_summed_over_every_rank_gpu(mlflow_store, tmp_path, monkey
     real_open_nvml = monitor_module.open_nvml
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(monitor_module, "open_nvml", lambda lib=None: real_open_nvml(FakeNvml(gpus)))
-    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 4}, **PARALLEL)
+    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 4}, measure={"prefill_split": True}, **PARALLEL)
     assert launch(str(cfg), quiet=True) == EXIT_OK
     run = only_run()
     m, tags = run.data.metrics, run.data.tags
     assert m["energy/gpu_j"] == pytest.approx(m["energy/gpu0_j"] + m["energy/gpu1_j"], rel=1e-9)
+    # The prefill-only pass too: every rank's requests, rank 0's meters over both GPUs.
+    assert m["tokens/decode_total"] == 4 * 7 and m["energy/prefill_j"] > 0
+    assert "latency/prefill_ms_p50" in m
     assert m["energy/gpu1_j"] / m["energy/gpu0_j"] == pytest.approx(1.5, rel=0.1)  # the same window on both
     assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / (4 * 8), rel=1e-6)
     assert tags["llem.gpu.indices"] == "0,1"
