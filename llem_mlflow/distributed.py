@@ -315,7 +315,8 @@ def threads_per_process(size: int) -> int | None:
     """The CPU cores shared out (torch would give every process all of them); None when OMP_NUM_THREADS is set."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, len(os.sched_getaffinity(0)) // size)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // size)
 
 
 def visible_gpus() -> list[str]:
