@@ -234,10 +234,13 @@ def rank_facts(measurement: RankMeasurement, loaded: LoadedModel) -> dict[str, A
 class LeadMeasurement(RankMeasurement):
     """Rank 0: starts and watches the workers, measures the energy of all, owns the run's Report."""
 
-    def __init__(self, cfg: ExperimentConfig, **options: Any):
+    def __init__(self, cfg: ExperimentConfig, *, hardware: Any = None, **options: Any):
+        from llem_mlflow.bench.device import TorchCuda
+
         size = cfg.pytorch.num_processes or 1
         self.workers = Workers(size)
-        super().__init__(cfg, team=Team.lead(size, check=self.workers.check), **options)
+        team = Team.lead(size, check=self.workers.check)
+        super().__init__(cfg, team=team, hardware=LeadHardware(hardware or TorchCuda(), size), **options)
 
     def run(self) -> Report:
         import torch
@@ -298,6 +301,29 @@ class LeadMeasurement(RankMeasurement):
         self.workers.stop()
         self.team.leave()
         super().cleanup()
+
+
+class LeadHardware:
+    """Rank 0's view of the machine (bench.device.Hardware): its meters measure every rank's GPU
+    (rank i's model is on our cuda:i), but it synchronizes only its own: each rank synchronizes
+    its own GPU before the edge's barrier, and a sync from here would open a context on theirs."""
+
+    def __init__(self, machine: Any, size: int):
+        self.machine, self.size = machine, size
+        self.own: list[int] = []
+
+    def nvml_library(self) -> Any:
+        return self.machine.nvml_library()
+
+    def cuda_devices(self) -> Any:
+        return self.machine.cuda_devices()
+
+    def model_devices(self, loaded: Any) -> list[int]:
+        self.own = list(self.machine.model_devices(loaded))
+        return sorted(set(self.own) | set(range(self.size))) if self.own else []
+
+    def synchronize(self, devices: Any) -> None:
+        self.machine.synchronize([d for d in devices if d in self.own])
 
 
 def worker_config(cfg: ExperimentConfig) -> ExperimentConfig:

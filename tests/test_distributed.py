@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fake_nvml import FakeGpu, FakeNvml
+from fake_nvml import FakeNvml, two_gpus
 from helpers import (
     all_runs,
     artifact_json,
@@ -130,6 +130,28 @@ def test_merged_requests_carry_their_rank_in_measured_order():
     assert [(r.request_index, r.rank) for r in merged] == [(0, 0), (1, 1), (2, 0), (3, 1)]
 
 
+def test_rank_0_measures_every_rank_gpu_but_syncs_only_its_own():
+    from llem_mlflow.distributed import LeadHardware
+
+    class Machine:  # the GPU side of the machine: what a test may fake
+        def __init__(self, model_on: list[int]):
+            self.model_on, self.synced = model_on, []
+
+        def model_devices(self, loaded):
+            return self.model_on
+
+        def synchronize(self, devices):
+            self.synced.append(list(devices))
+
+    machine = Machine([0])
+    lead = LeadHardware(machine, 3)
+    lead.synchronize([])  # before the load: nothing to sync
+    assert lead.model_devices(None) == [0, 1, 2]  # rank i's model is on cuda:i
+    lead.synchronize([0, 1, 2])
+    assert machine.synced == [[], [0]]
+    assert LeadHardware(Machine([]), 3).model_devices(None) == []  # on the CPU: no GPU at all
+
+
 def test_the_group_listens_on_loopback_only():
     me = psutil.Process()
     before = {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
@@ -208,25 +230,24 @@ def test_a_worker_that_fails_fails_the_run_and_leaves_no_process(mlflow_store, t
 
 @pytest.mark.slow
 def test_gpu_energy_is_summed_over_every_rank_gpu(mlflow_store, tmp_path, monkeypatch):
-    """Two fake GPUs behind NVML's interface (the hardware is the only fake): rank 0 measures both."""
-    from llem_mlflow.energy import monitor as monitor_module
+    """Two fake GPUs (the hardware is the only fake): rank 0 measures both, its model on the first."""
+    from fakegpu import FakeHardware
 
-    gpus = [FakeGpu(uuid="GPU-aaaa", power_w=100.0), FakeGpu(uuid="GPU-bbbb", power_w=150.0)]
-    real_open_nvml = monitor_module.open_nvml
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(monitor_module, "open_nvml", lambda lib=None: real_open_nvml(FakeNvml(gpus)))
+    hardware = FakeHardware(FakeNvml(two_gpus()), model_on=[0])  # 100 W and 200 W
     cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 4}, measure={"prefill_split": True}, **PARALLEL)
-    assert launch(str(cfg), quiet=True) == EXIT_OK
+    assert launch(str(cfg), quiet=True, hardware=hardware) == EXIT_OK
     run = only_run()
     m, tags = run.data.metrics, run.data.tags
     assert m["energy/gpu_j"] == pytest.approx(m["energy/gpu0_j"] + m["energy/gpu1_j"], rel=1e-9)
+    assert m["energy/gpu1_j"] / m["energy/gpu0_j"] == pytest.approx(2.0, rel=0.1)  # the same window on both
+    assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / (4 * 8), rel=1e-6)
     # The prefill-only pass too: every rank's requests, rank 0's meters over both GPUs.
     assert m["tokens/decode_total"] == 4 * 7 and m["energy/prefill_j"] > 0
     assert "latency/prefill_ms_p50" in m
-    assert m["energy/gpu1_j"] / m["energy/gpu0_j"] == pytest.approx(1.5, rel=0.1)  # the same window on both
-    assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / (4 * 8), rel=1e-6)
     assert tags["llem.gpu.indices"] == "0,1"
-    assert "llem.warning.other_processes" not in tags
+    assert "llem.warning.gpu_mismatch" not in tags and "llem.warning.other_processes" not in tags
+    assert all(devices in ([], [0]) for devices in hardware.synchronized)  # rank 0 syncs its own GPU only
 
 
 @pytest.mark.slow
