@@ -44,7 +44,7 @@ def launch(
     from llem_mlflow.bench.preflight import check_inputs
     from llem_mlflow.config.loader import load_config
     from llem_mlflow.config.params import config_to_params, config_to_yaml
-    from llem_mlflow.runner import Measurement, redacted_config
+    from llem_mlflow.runner import Measurement, measurement_for, redacted_config
     from llem_mlflow.tracking import reporter as jobs
     from llem_mlflow.redact import check_recorded_overrides, redact_text
     from llem_mlflow.tracking.reporter import MlflowReporter
@@ -67,13 +67,14 @@ def launch(
         cfg = load_config(config_path, overrides)
         _check_country(cfg)
         check_inputs(cfg)  # random: preset, dataset and model paths, context window: before a run exists
+        _check_devices(cfg)
         model_path, registered_version = _resolve_registered_model(cfg.model)
         if not reporter.opened:  # only now: a config error must create no run
             reporter.open(experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id)
         logged = redacted_config(cfg)
         reporter.call(jobs.log_config, config_to_params(logged), config_to_yaml(logged))
         reporter.call(jobs.preload_plotting)
-        measurement = Measurement(cfg, quiet=quiet, model_path=model_path, hardware=hardware, listener=reporter)
+        measurement = measurement_for(cfg, quiet=quiet, model_path=model_path, hardware=hardware, listener=reporter)
         report = measurement.run()
         reporter.finish(report)
         if registered_version is not None:
@@ -87,9 +88,9 @@ def launch(
         _fail(reporter, measurement, "KILLED", "interrupted (Ctrl-C or SIGTERM) - partial results kept")
         _say("Interrupted: the run is marked KILLED; what was measured so far is logged.", quiet=False, err=True)
         return EXIT_INTERRUPTED
-    except LlemError as exc:
+    except LlemError as exc:  # bad input; or a data-parallel worker's failure (its traceback as detail)
         message = redact_text(str(exc))
-        _fail(reporter, measurement, "FAILED", message)
+        _fail(reporter, measurement, "FAILED", message, detail=getattr(exc, "detail", None))
         _say(f"Error: {message}", quiet=False, err=True)
         return exc.exit_code
     except Exception as exc:  # a fault mid-run: keep what finished, say what happened
@@ -137,6 +138,14 @@ def _check_country(cfg: Any) -> None:
     problem = country_problem(cfg.energy.country_iso_code)
     if problem:
         raise ConfigError(problem)
+
+
+def _check_devices(cfg: Any) -> None:
+    """Data parallel: more processes than visible GPUs is bad input; refuse it before a run exists."""
+    if (cfg.pytorch.num_processes or 1) > 1:
+        from llem_mlflow.distributed import check_devices
+
+        check_devices(cfg)
 
 
 def _resolve_registered_model(model: str) -> tuple[str | None, tuple[str, str] | None]:

@@ -11,6 +11,10 @@ phase ends; nothing it does runs inside a measured window.
 
     report = measure(cfg)                      # anywhere torch runs: a GPU box, a worker, a test
     Measurement(cfg, listener=...).run()       # the same, keeping the partial Report on a failure
+
+With pytorch.num_processes > 1 (data parallel) `measurement_for(cfg)` gives the lead of
+llem_mlflow/distributed.py, whose ranks use this core's hooks: `edge()` at each phase edge,
+`prepare()` for their share of the batches, `collect()` for every rank's requests.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from llem_mlflow import __version__
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.config.models import ExperimentConfig
 from llem_mlflow.config.params import config_hash
+from llem_mlflow.errors import ConfigError
 from llem_mlflow.progress import progress
 from llem_mlflow.redact import redact
 from llem_mlflow.report import Listener, NoListener, Report
@@ -44,10 +49,21 @@ if TYPE_CHECKING:
 
 def measure(cfg: ExperimentConfig, **options: Any) -> Report:
     """Run the experiment and return its Report (options: see Measurement). Raises on a failure."""
-    return Measurement(cfg, **options).run()
+    return measurement_for(cfg, **options).run()
+
+
+def measurement_for(cfg: ExperimentConfig, **options: Any) -> Measurement:
+    """One process, or with pytorch.num_processes > 1 the data-parallel lead (distributed.py)."""
+    if (cfg.pytorch.num_processes or 1) > 1:
+        from llem_mlflow.distributed import LeadMeasurement
+
+        return LeadMeasurement(cfg, **options)
+    return Measurement(cfg, **options)
 
 
 class Measurement:
+    data_parallel = False  # True in the ranks of a data-parallel run (distributed.py)
+
     def __init__(
         self,
         cfg: ExperimentConfig,
@@ -62,6 +78,8 @@ class Measurement:
         """`hardware`: the machine's GPUs (llem_mlflow.bench.device.Hardware; None: the real one, torch
         and pynvml; tests pass a fake GPU machine). `nvml`: only the NVML library replaced. `workdir`:
         where the meters keep their files (default: a new temporary folder; `cleanup()` removes it)."""
+        if (cfg.pytorch.num_processes or 1) > 1 and not self.data_parallel:
+            raise ConfigError("pytorch.num_processes > 1 runs in several processes: use measure(cfg) or measurement_for(cfg)")
         if hardware is None:
             from llem_mlflow.bench.device import TorchCuda
 
@@ -204,6 +222,10 @@ class Measurement:
                 passes += 1
                 if time.perf_counter() - start >= min_s:
                     break
+        gathered = self.collect(records)  # data parallel: every rank's requests of this trial, on rank 0
+        if gathered is not records:
+            self.report.records = [r for r in self.report.records if r.trial != trial] + gathered
+            records = gathered
         duration = self.report.durations_s[phase]
         metrics = latency_metrics(records)
         metrics.update(throughput_metrics(metrics, len(records), duration))
@@ -233,6 +255,7 @@ class Measurement:
                 for batch in batches:
                     records.extend(prefill.run_batch(batch))
                     advance()
+        records = self.collect(records)  # data parallel: every rank's prefill requests, on rank 0
         metrics = summarize("latency/prefill_ms", [r.e2e_ms for r in records])
         metrics["time/prefill_s"] = self.report.durations_s[phase]
         metrics.update(window.memory)
@@ -378,15 +401,17 @@ class Measurement:
         self.memory.begin()
         if monitor is not None:
             monitor.begin(name)
-        start = time.perf_counter()
         try:
+            self.edge(name, "begin")
+            start = time.perf_counter()
             yield window
+            self.hardware.synchronize(self.devices)
+            self.edge(name, "end")
         except BaseException:
             if monitor is not None:  # close the window so the energy up to the failure is kept
                 with suppress(Exception):
                     self._cut_short = monitor.end(name)
             raise
-        self.hardware.synchronize(self.devices)
         self.report.durations_s[name] = time.perf_counter() - start
         if monitor is not None:
             window.energy = monitor.end(name)
@@ -409,6 +434,16 @@ class Measurement:
         del self.report.durations_s[phase]
         for name in [n for n in self.report.metrics if n.startswith(f"memory/{phase}_")]:
             del self.report.metrics[name]
+
+    # --- hooks for data parallel (llem_mlflow/distributed.py); nothing in one process -----------
+    def edge(self, phase: str, when: str) -> None:
+        """Called at each phase edge, inside the energy window: "begin" before the clock starts, "end"
+        before it stops. Data-parallel ranks wait for each other here, so every rank's phase is one
+        window that ends with the slowest rank."""
+
+    def collect(self, records: list[RequestRecord]) -> list[RequestRecord]:
+        """The requests of a measured window, once its phase ended: every rank's, on rank 0."""
+        return records
 
 
 @dataclass

@@ -158,3 +158,36 @@ def wait_for_measuring(process: subprocess.Popen, timeout_s: float = 240) -> Non
             return
         time.sleep(0.5)
     pytest.fail("the run did not reach the measure phase in time")
+
+
+FAIL_IN_WORKER = '''\
+"""Written by tests/helpers.py::fail_in_worker: fault injection in a data-parallel worker."""
+import os
+import sys
+
+_argv = getattr(sys, "orig_argv", sys.argv)
+if "llem_mlflow.distributed" in _argv and _argv[_argv.index("llem_mlflow.distributed") + 1] == os.environ.get("LLEM_TEST_FAIL_RANK"):
+    from llem_mlflow.bench.generation import Generator
+
+    _real_run_batch, _calls = Generator.run_batch, []
+
+    def _run_batch(self, batch):
+        _calls.append(batch.index)
+        if len(_calls) == int(os.environ["LLEM_TEST_FAIL_CALL"]):
+            raise RuntimeError(os.environ["LLEM_TEST_FAIL_MESSAGE"])
+        return _real_run_batch(self, batch)
+
+    Generator.run_batch = _run_batch
+'''
+
+
+def fail_in_worker(monkeypatch: Any, directory: Path, rank: int, call_number: int, message: str) -> None:
+    """Fault injection in data-parallel worker `rank`, another process that `before_batch` cannot reach:
+    a sitecustomize module put first on PYTHONPATH makes that worker's `call_number`-th generate()
+    batch raise RuntimeError(message) (counted as in before_batch: cold start and warmup count)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(FAIL_IN_WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("LLEM_TEST_FAIL_RANK", str(rank))
+    monkeypatch.setenv("LLEM_TEST_FAIL_CALL", str(call_number))
+    monkeypatch.setenv("LLEM_TEST_FAIL_MESSAGE", message)

@@ -88,3 +88,16 @@ def test_a_mig_board_is_measured_only_when_all_its_instances_are_ours():
 def test_an_unknown_uuid_is_a_reason_not_a_guess():
     targets, reason = match_by_uuid([CudaDevice(0, "eeeeeeee-0000-4000-8000-000000000009")], BOARDS)
     assert targets == [] and "matches no GPU that NVML sees" in reason
+
+
+def test_data_parallel_measures_one_gpu_per_process():
+    def measured(device_map, visible, processes):
+        targets, reason = select_gpus(device_map, visible, UUIDS, processes)
+        assert reason is None, reason
+        return [(t.cuda_index, t.nvml_index) for t in targets]
+
+    assert measured(None, None, 2) == [(0, 0), (1, 1)]
+    assert measured("cuda", "3,2,1", 3) == [(0, 3), (1, 2), (2, 1)]
+    targets, reason = select_gpus(None, "1", UUIDS, 2)
+    assert targets == [] and "num_processes 2 needs 2 GPUs, 1 visible" in reason
+    assert select_gpus("cpu", None, UUIDS, 2)[0] == []  # every process on the CPU: no GPU to measure

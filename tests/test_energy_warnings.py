@@ -27,12 +27,18 @@ def test_temperature_rise_is_per_gpu_from_the_window_start():
 
 
 def test_other_processes_in_and_out_of_a_pid_namespace():
-    me = 100
-    assert checks.other_processes({0: [me]}, me) is None
+    me = {100}
+    assert checks.other_processes({0: [100]}, me) is None
     assert checks.other_processes({0: [7]}, me) is None  # our own process seen with a host PID
     assert "2 other(s) among PIDs 7, 8, 9" in checks.other_processes({0: [9, 8, 7]}, me)
-    assert "PIDs 5" in checks.other_processes({0: [me, 5]}, me)
+    assert "PIDs 5" in checks.other_processes({0: [100, 5]}, me)
     assert checks.other_processes({0: None}, me) is None  # not reported by the driver
+
+
+def test_data_parallel_ranks_are_not_other_processes():
+    ours = {100, 101}  # the lead and the worker it started, each on its own GPU
+    assert checks.other_processes({0: [100], 1: [101]}, ours) is None
+    assert "GPU 1: PIDs 5" in checks.other_processes({0: [100], 1: [101, 5]}, ours)
 
 
 def test_persistence_mode_off():

@@ -76,6 +76,7 @@ class RequestRecord:
     text: str | None = None
     batch_ms: float | None = None  # its batch's generate() call, start to end (synchronized)
     trial: int = 1  # the measured trial it belongs to (set by the runner)
+    rank: int = 0  # the data-parallel process that ran it (0 in a one-process run)
 
     @property
     def tpot_ms(self) -> float | None:

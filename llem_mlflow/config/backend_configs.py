@@ -38,6 +38,8 @@ MAX_BATCH_SIZE = 65_536
 MAX_BEAMS = 1024
 
 DEVICE_MAPS_USING_MAX_MEMORY = ("auto", "balanced", "balanced_low_0", "sequential")
+# device_map values that leave each data-parallel process a whole device of its own.
+DATA_PARALLEL_DEVICE_MAPS = (None, "cuda", "cpu")
 
 
 class PyTorchConfig(ConfigSection):
@@ -46,7 +48,7 @@ class PyTorchConfig(ConfigSection):
     # --- batching and processes ---------------------------------------------
     batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE, description="Prompts per generate() call (None -> 1)")
     num_processes: int | None = Field(
-        default=None, ge=1, description="Data-parallel processes (None -> 1; only 1 is supported yet)"
+        default=None, ge=1, description="Data-parallel processes, one per device: GPU i or the CPU (None -> 1)"
     )
 
     # --- attention ------------------------------------------------------------
@@ -189,9 +191,13 @@ class PyTorchConfig(ConfigSection):
         return self
 
     @model_validator(mode="after")
-    def _single_process(self) -> PyTorchConfig:
-        if (self.num_processes or 1) > 1:
+    def _one_device_per_process(self) -> PyTorchConfig:
+        # Data parallel gives each process a whole model on its own device (rank i on cuda:i, or the
+        # CPU); a device_map that spreads or pins the model cannot hold for every process.
+        if (self.num_processes or 1) > 1 and self.device_map not in DATA_PARALLEL_DEVICE_MAPS:
             raise ValueError(
-                "num_processes > 1 (data parallel) is not supported yet: use 1, or device_map: auto to spread one model over GPUs"
+                f"num_processes > 1 gives each process its own device (process i on cuda:i, or the CPU), so "
+                f"device_map {self.device_map!r} cannot apply: remove device_map (or set it to cuda or cpu), "
+                "or use num_processes: 1 to spread one model over the GPUs"
             )
         return self

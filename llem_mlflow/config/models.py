@@ -273,6 +273,18 @@ class ExperimentConfig(ConfigSection):
         return self
 
     @model_validator(mode="after")
+    def _every_process_has_batches(self) -> ExperimentConfig:
+        processes = self.pytorch.num_processes or 1
+        batches = math.ceil(self.dataset.n / (self.pytorch.batch_size or 1))
+        if batches < processes:
+            raise ValueError(
+                f"pytorch.num_processes ({processes}) exceeds the number of batches ({batches} = dataset.n "
+                f"{self.dataset.n} / batch_size {self.pytorch.batch_size or 1}): every process needs a batch; "
+                "raise dataset.n or lower batch_size or num_processes"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _min_new_tokens_fit(self) -> ExperimentConfig:
         if self.decoder.min_new_tokens is not None and self.decoder.min_new_tokens > self.max_output_tokens:
             raise ValueError(

@@ -56,10 +56,15 @@ def uuid_key(uuid: str) -> str:
     return text
 
 
-def wanted_cuda_indices(device_map: str | None, n_visible: int) -> tuple[list[int], str | None]:
-    """CUDA indices the config puts the model on, or ([], why none)."""
+def wanted_cuda_indices(device_map: str | None, n_visible: int, processes: int = 1) -> tuple[list[int], str | None]:
+    """CUDA indices the config puts the model on (with `processes` > 1, data parallel: process i on
+    cuda:i), or ([], why none)."""
     if n_visible == 0:
         return [], "no CUDA device is visible (CUDA_VISIBLE_DEVICES hides them all)"
+    if processes > 1 and device_map in (None, "cuda"):
+        if processes > n_visible:
+            return [], f"pytorch.num_processes {processes} needs {processes} GPUs, {n_visible} visible"
+        return list(range(processes)), None
     if device_map is None:  # the loader's default: one CUDA device if present
         return [0], None
     if device_map in _ALL_VISIBLE:
@@ -159,9 +164,11 @@ def targets_from_environment(
     return targets, None
 
 
-def select_gpus(device_map: str | None, cuda_visible_devices: str | None, uuids: list[str]) -> tuple[list[GpuTarget], str | None]:
+def select_gpus(
+    device_map: str | None, cuda_visible_devices: str | None, uuids: list[str], processes: int = 1
+) -> tuple[list[GpuTarget], str | None]:
     """The fallback's GPUs to measure for a device_map, given every GPU's UUID by NVML index."""
-    wanted, reason = wanted_cuda_indices(device_map, len(visible_entries(cuda_visible_devices, len(uuids))))
+    wanted, reason = wanted_cuda_indices(device_map, len(visible_entries(cuda_visible_devices, len(uuids))), processes)
     if reason:
         return [], reason
     return targets_from_environment(wanted, cuda_visible_devices, uuids)

@@ -104,6 +104,19 @@ class EnergyRecord:
         return None if any(p is None for p in parts) else sum(parts)
 
 
+def own_process_tree() -> set[int]:
+    """This process and the ones it started (data-parallel ranks): their GPU work is the run's own."""
+    import psutil
+
+    me = psutil.Process()
+    pids = {me.pid}
+    try:
+        pids.update(child.pid for child in me.children(recursive=True))
+    except psutil.Error:
+        pass
+    return pids
+
+
 class EnergyMonitor:
     def __init__(
         self, cfg: Any, hardware: Any = None, *, nvml: Any = None, workdir: Path | None = None, rapl_root: Path | None = None
@@ -183,7 +196,9 @@ class EnergyMonitor:
             except Exception as exc:  # a broken CUDA setup: say so, never crash the run here
                 return f"cannot list the CUDA devices: {type(exc).__name__}: {exc}"
             n_visible = len(self._cuda) if self._cuda is not None else len(self._visible_entries())
-            wanted, reason = wanted_cuda_indices(self.cfg.pytorch.device_map, n_visible)
+            wanted, reason = wanted_cuda_indices(
+                self.cfg.pytorch.device_map, n_visible, self.cfg.pytorch.num_processes or 1  # data parallel: every rank's GPU
+            )
             self._configured = wanted  # synchronized only once the model is on them: no CUDA context before
             if reason:
                 return reason
@@ -440,7 +455,7 @@ class EnergyMonitor:
             }
             found["throttling"] = checks.throttling(window)
             found["temperature_rise"] = checks.temperature_rise(window)
-            found["other_processes"] = checks.other_processes(pids, os.getpid())
+            found["other_processes"] = checks.other_processes(pids, own_process_tree())
             found["persistence_mode_off"] = checks.persistence_mode_off(
                 {d.target.cuda_index: d.persistence_mode for d in self._devices}
             )

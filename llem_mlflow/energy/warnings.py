@@ -57,19 +57,20 @@ def temperature_rise(samples: list[GpuSample]) -> str | None:
     )
 
 
-def other_processes(pids_by_gpu: dict[int, list[int] | None], own_pid: int) -> str | None:
+def other_processes(pids_by_gpu: dict[int, list[int] | None], own_pids: set[int]) -> str | None:
     """Other compute processes share the GPU, so its energy is not ours alone.
 
-    In a container NVML may report host PIDs, where our own PID does not appear:
-    then one process is taken to be us and only more than one is a warning.
+    `own_pids`: this process and the ones it started (data-parallel ranks). In a container
+    NVML may report host PIDs, where none of ours appears: then one process is taken to
+    be us and only more than one is a warning.
     """
     crowded = {}
     for gpu, pids in sorted(pids_by_gpu.items()):
         if pids is None:
             continue
         unique = sorted(set(pids))
-        if own_pid in unique:
-            others = [p for p in unique if p != own_pid]
+        if own_pids & set(unique):
+            others = [p for p in unique if p not in own_pids]
             if others:
                 crowded[gpu] = f"PIDs {', '.join(map(str, others))}"
         elif len(unique) > 1:  # one of these unknown PIDs is ourselves, seen from outside the PID namespace

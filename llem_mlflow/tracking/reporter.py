@@ -31,7 +31,7 @@ from llem_mlflow.tracking.run import writing
 
 MAX_ERROR_TAG = 5000
 REQUEST_COLUMNS = [
-    "trial", "request_index", "batch_index", "prompt_index", "input_tokens", "output_tokens",
+    "trial", "request_index", "rank", "batch_index", "prompt_index", "input_tokens", "output_tokens",
     "ttft_ms", "tpot_ms", "e2e_ms", "batch_ms", "itl_ms_mean", "text",
 ]  # fmt: skip
 
