@@ -101,6 +101,7 @@ class OnlineDriver:
         self.generation_config = merged_generation_config(loaded.model, kwargs)
         self.manager: Any = None
         self.resolved: dict[str, Any] = {}  # what continuous batching resolved (resolved.json)
+        self._trials = 0  # request ids stay unique across the trials of one manager
 
     def requests(self, prompts) -> list[OnlineRequest]:
         tokenizer = self.loaded.tokenizer
@@ -170,6 +171,8 @@ class OnlineDriver:
         schedule = arrival_offsets(online, self.seed) if online.request_rate is not None else None
         sent: dict[str, _Sent] = {}
         results: dict[str, Any] = {}
+        self._trials += 1
+        prefix = f"trial{self._trials}-request"
         start, monotonic_now, epoch_now = time.perf_counter(), time.monotonic(), time.time()  # the first arrival
 
         def send(scheduled: float | None) -> None:
@@ -177,7 +180,7 @@ class OnlineDriver:
             request = requests[index % len(requests)]
             before = time.perf_counter()
             reading = mark() if mark is not None else None
-            request_id = self._add(f"request-{index}", request.input_ids)
+            request_id = self._add(f"{prefix}-{index}", request.input_ids)
             sent[request_id] = _Sent(index, request, scheduled, before, time.perf_counter(), reading)
 
         def collect(timeout: float) -> None:
