@@ -1,16 +1,18 @@
 """scenario: online: the core's phases, with requests arriving over time (no MLflow).
 
 The same phases as offline (runner.py); what runs inside them differs:
-  warmup   starts one continuous-batching manager and sends `warmup.n_batches` requests at once;
-  measure  sends the trial's requests on the arrival schedule (bench/online.py), then finds
-           the steady window (bench/steady.py) and measures load and energy inside it.
-The manager lives from warmup to the end of the run (every trial uses it) and is
-stopped when the run ends, also after a failure.
+  first_generate  starts one continuous-batching manager (its KV cache, CUDA graphs where used)
+                  and sends it one request (cold start);
+  warmup          sends `warmup.n_batches` requests at once;
+  measure         sends the trial's requests on the arrival schedule (bench/online.py), then
+                  finds the steady window (bench/steady.py) and measures load and energy in it.
+The manager lives from first_generate to the end of the run (every trial uses it)
+and is stopped when the run ends, also after a failure.
 
-What goes into the Report beyond the offline figures: latency/queue_ms_* and
-latency/tpot_ms_*; load/*, energy/steady_*, the occupancy timeline (metric
-histories beside the power timeline), online/schedule.json, and tags saying how
-the steady window was found and what in it could not be measured.
+What goes into the Report beyond the offline figures: latency/queue_ms_*;
+load/*, energy/steady_*, the occupancy timeline (metric histories beside the
+power timeline), online/schedule.json, and tags saying how the steady window was
+found and what in it could not be measured.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 from llem_mlflow.progress import progress
 from llem_mlflow.redact import redact
 from llem_mlflow.report import Report
-from llem_mlflow.runner import Measurement, throughput_metrics
+from llem_mlflow.runner import Measurement, throughput_metrics, trial_phase
 
 if TYPE_CHECKING:
     from llem_mlflow.bench.loading import LoadedModel
@@ -54,32 +56,39 @@ class OnlineMeasurement(Measurement):
         )
         return self.driver, self.driver.requests(load_prompts(self.cfg, loaded.tokenizer))
 
+    def run_first_generate(self, driver: OnlineDriver, request: OnlineRequest) -> None:
+        """Cold start: the manager's start (cache, graphs) and its first request, a phase of its own."""
+        self.listener.before_window()
+        with self.phase("first_generate"):
+            driver.start()
+            ttft = driver.warmup([request], 1)[0]
+        self.report.resolved["continuous_batching"] = driver.resolved
+        if ttft is not None:
+            self.report.metrics["latency/first_ttft_ms"] = ttft
+
     def run_warmup(self, driver: OnlineDriver, requests: list[OnlineRequest]) -> None:
         driver.warmup(requests, self.cfg.warmup.n_batches)
 
-    def run_trial(self, trial: int, driver: OnlineDriver, requests: list[OnlineRequest], loaded: LoadedModel) -> None:
-        from llem_mlflow.bench.device import reset_gpu_peak_memory
+    def run_trial(self, trial: int, driver: OnlineDriver, requests: list[OnlineRequest]) -> None:
         from llem_mlflow.bench.stats import latency_metrics, summarize
 
-        driver.start()  # no-op after warmup; without warmup the cache is built here, outside the window
-        self.report.resolved["continuous_batching"] = driver.resolved
-        reset_gpu_peak_memory(loaded.gpu_indices)
-        phase = "measure" if trial == 1 else f"measure/{trial}"
+        phase = trial_phase("measure", trial)
         mark = self.monitor.gpu_counter_j if self.monitor.gpu_counter_j() is not None else None
         online = self.cfg.online
         self.listener.before_window()
-        with self.phase(phase) as window:
+        with self.phase(phase, trial=True) as window:
             with progress(online.n_requests or 0, f"measure {trial}/{self.cfg.n_trials}", self.quiet) as advance:
                 trace = driver.run(requests, mark=mark, advance=advance)
         records = trace.records
-        if trial == 1:
-            self.report.records = records
+        for record in records:
+            record.trial = trial
+        self.report.records.extend(records)
         duration = self.report.durations_s[phase]
         metrics = latency_metrics(records)
         metrics.update(summarize("latency/queue_ms", [r.queue_ms for r in records if r.queue_ms is not None]))
-        metrics.update(summarize("latency/tpot_ms", [r.tpot_ms for r in records if r.tpot_ms is not None]))
         metrics.update(throughput_metrics(metrics, len(records), duration))
         metrics["time/measure_s"] = duration
+        metrics.update(window.memory)
         metrics["load/requests_reset"] = float(sum(r.reset for r in records))
         if trace.schedule_s is not None:
             metrics["load/arrival_lag_ms_max"] = max((r.arrival_s - r.scheduled_s) * 1000.0 for r in records)
@@ -175,7 +184,7 @@ class OnlineMeasurement(Measurement):
         resets = sum(r.reset for r in self.report.records)
         if resets:
             tags["llem.online.resets"] = (
-                f"{resets} request(s) of trial 1 were reset: the manager dropped their KV cache to make room and "
+                f"{resets} request(s) were reset: the manager dropped their KV cache to make room and "
                 "prefilled them again, which loses their first admission (queue wait absent) and the times of "
                 "their tokens before the reset (TTFT and ITL absent when tokens lack a time); the occupancy "
                 "timeline counts them as waiting until they were admitted again. More KV cache "

@@ -164,6 +164,7 @@ def test_sub_window_energy_from_counters_or_interpolated_power():
         ({"pytorch": {"batch_size": 4}}, "pytorch.batch_size"),
         ({"decoder": {"preset": "deterministic", "min_new_tokens": 8}}, "decoder.min_new_tokens"),
         ({"decoder": {"preset": "creative"}}, "decoder.repetition_penalty"),
+        ({"measure": {"prefill_split": True}}, "measure.prefill_split"),
     ],
 )
 def test_online_refuses_what_continuous_batching_cannot_honour(changes, needle):
@@ -258,7 +259,11 @@ def test_each_request_times_are_in_order_and_ttft_includes_the_queue(measured):
         assert len(r.itl_ms) == r.output_tokens - 1
     m = report.metrics
     assert m["latency/ttft_ms_p50"] >= m["latency/queue_ms_p50"]
+    assert m["latency/tpot_ms_p50"] > 0 and "latency/batch_ms_p50" not in m  # no batches online
     assert m["load/requests_reset"] == 0
+    # the cold start (the manager's start and its first request) is a phase of its own
+    assert m["time/first_generate_s"] > 0 and m["latency/first_ttft_ms"] > 0
+    assert report.resolved["continuous_batching"]["kv_cache_blocks"] == 16
 
 
 def test_token_totals_are_exact(measured):

@@ -67,7 +67,8 @@ def test_closed_loop_run_logs_load_figures_timeline_and_schedule(mlflow_store, t
     schedule = json.loads(artifact_text(run.info.run_id, "online/schedule.json"))
     assert schedule["mode"] == "closed loop" and schedule["scheduled_s"] is None and len(schedule["arrival_s"]) == 12
     rows = list(csv.DictReader(io.StringIO(artifact_text(run.info.run_id, "requests.csv"))))
-    assert len(rows) == 12 and "token_s" not in rows[0]
+    assert len(rows) == 2 * 12 and "token_s" not in rows[0] and "batch_ms" not in rows[0]
+    assert [r["trial"] for r in rows] == ["1"] * 12 + ["2"] * 12
     assert {"arrival_s", "admitted_s", "queue_ms", "ttft_ms", "tpot_ms", "in_steady_window", "reset"} <= set(rows[0])
     assert all(float(r["ttft_ms"]) >= float(r["queue_ms"]) for r in rows)
 

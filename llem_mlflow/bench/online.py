@@ -101,7 +101,7 @@ class OnlineDriver:
         self.generation_config = merged_generation_config(loaded.model, kwargs)
         self.manager: Any = None
         self.resolved: dict[str, Any] = {}  # what continuous batching resolved (resolved.json)
-        self._trials = 0  # request ids stay unique across the trials of one manager
+        self._trials = self._warmups = 0  # request ids stay unique over the life of the manager
 
     def requests(self, prompts) -> list[OnlineRequest]:
         tokenizer = self.loaded.tokenizer
@@ -146,18 +146,24 @@ class OnlineDriver:
             manager.destroy()
 
     # --- sending requests ------------------------------------------------------------
-    def warmup(self, requests: list[OnlineRequest], n: int) -> None:
-        """Send n requests at once and wait for all (the manager's first batches are slow)."""
+    def warmup(self, requests: list[OnlineRequest], n: int) -> list[float | None]:
+        """Send n requests at once and wait for all (the manager's first batches are slow); their TTFT in ms."""
         self.start()
-        ids = [self._add(f"warmup-{i}", requests[i % len(requests)].input_ids) for i in range(n)]
-        pending = set(ids)
+        sent = {}
+        for i in range(n):
+            before = time.perf_counter()
+            sent[self._add(f"warmup{self._warmups}-{i}", requests[i % len(requests)].input_ids)] = before
+        self._warmups += 1
+        ttft: dict[str, float | None] = {}
         deadline = time.perf_counter() + STALL_S
-        while pending:
+        while len(ttft) < len(sent):
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"continuous batching: {len(pending)} warmup request(s) unfinished after {STALL_S:.0f} s")
+                raise RuntimeError(f"continuous batching: warmup requests unfinished after {STALL_S:.0f} s")
             result = self._next_result(POLL_S)
-            if result is not None and result.is_finished():
-                pending.discard(result.request_id)
+            if result is not None and result.is_finished() and result.request_id in sent:
+                times = result.timestamps or []
+                ttft[result.request_id] = (times[0] - sent[result.request_id]) * 1000.0 if times else None
+        return [ttft[request_id] for request_id in sent]
 
     def run(
         self,

@@ -278,6 +278,7 @@ _NOT_FOR_ONLINE: tuple[tuple[str, Any, str], ...] = (
     ("decoder.min_new_tokens", lambda c: c.decoder.min_new_tokens is not None, "its logits processors drop it"),
     ("decoder.repetition_penalty", lambda c: c.decoder.repetition_penalty != 1.0, "its logits processors drop it"),
     ("decoder.min_p", lambda c: c.decoder.min_p is not None, "transformers does not declare it supported"),
+    ("measure.prefill_split", lambda c: c.measure.prefill_split, "its prefill-only pass repeats fixed batches"),
 )
 
 
