@@ -25,7 +25,8 @@ class Report:
     error: str | None = None
     phase: str = "start"  # the phase running now, or the one a failure stopped in
     durations_s: dict[str, float] = field(default_factory=dict)  # phase -> seconds, phases that ended
-    records: list[RequestRecord | OnlineRequestRecord] = field(default_factory=list)  # every measured request, all trials (`.trial`)
+    # every measured request of all trials (`.trial`); OnlineRequestRecord for scenario: online
+    records: list[RequestRecord | OnlineRequestRecord] = field(default_factory=list)
     trial_metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per finished trial
     metrics: dict[str, float] = field(default_factory=dict)  # the run's figures (headline = trial mean)
     tags: dict[str, str] = field(default_factory=dict)  # llem.* tags, in the order they became known

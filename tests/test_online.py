@@ -216,7 +216,9 @@ def test_a_study_can_sweep_the_request_rate():
     from llem_mlflow.sweep.study import parse_study_text
 
     study = parse_study_text(
-        json.dumps({"name": "rates", "base": {**ONLINE, "online": {"request_rate": 1, "n_requests": 8}}, "sweep": {"online.request_rate": [2, 8]}})
+        json.dumps(
+            {"name": "rates", "base": {**ONLINE, "online": {"request_rate": 1, "n_requests": 8}}, "sweep": {"online.request_rate": [2, 8]}}
+        )
     )
     assert [p.config.online.request_rate for p in study.points] == [2.0, 8.0]
 

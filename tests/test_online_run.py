@@ -100,7 +100,8 @@ def test_compare_plots_energy_and_latency_against_request_rate(module_store, tmp
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
     offline = client.create_experiment("no-rate", artifact_location=(tmp_path / "offline").as_uri())
     contract_run(client, offline, metrics={"energy/j_per_output_token": 0.4})
-    result = invoke_cli("compare", "--experiment", "no-rate", "--plot", str(tmp_path / "x.png"), "--x-axis", "request-rate", expect_exit=2)
+    plot = str(tmp_path / "x.png")
+    result = invoke_cli("compare", "--experiment", "no-rate", "--plot", plot, "--x-axis", "request-rate", expect_exit=2)
     assert "only scenario: online runs" in result.output
 
 

@@ -222,7 +222,9 @@ class OnlineConfig(ConfigSection):
     burstiness: float | None = Field(
         default=None, gt=0.0, le=1000.0, description="Gamma shape for arrival: gamma (1: Poisson; < 1 burstier; > 1 smoother)"
     )
-    n_requests: int | None = Field(default=None, ge=2, le=MAX_ONLINE_REQUESTS, description="Requests per trial (give this or duration_s)")
+    n_requests: int | None = Field(
+        default=None, ge=2, le=MAX_ONLINE_REQUESTS, description="Requests per trial (give this or duration_s)"
+    )
     duration_s: float | None = Field(
         default=None, gt=0.0, le=86_400.0, description="Send requests for this long per trial (give this or n_requests)"
     )

@@ -322,7 +322,8 @@ def plot_load_curve(comparison: Comparison, path: str | Path) -> Path:
     bottom.set_ylabel("latency p50 [ms]")
     bottom.set_xlabel(f"{RATE_METRIC} [{KEY_METRICS[RATE_METRIC]}]")
     left_out = len(comparison.runs) - len(plotted)
-    top.set_title("Energy and latency against load" + (f" ({left_out} run(s) without a request rate left out)" if left_out else ""), fontsize=10)
+    note = f" ({left_out} run(s) without a request rate left out)" if left_out else ""
+    top.set_title("Energy and latency against load" + note, fontsize=10)
     for axes in (top, bottom):
         axes.grid(True, alpha=0.3)
         if axes.lines:
