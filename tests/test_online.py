@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from fake_nvml import FakeGpu, FakeNvml
+from fakegpu import FakeHardware
 
 from llem_mlflow.bench.arrivals import arrival_offsets
 from llem_mlflow.bench.steady import (
@@ -148,6 +149,8 @@ def test_goodput_judges_each_bound_and_refuses_unknowns():
 def test_sub_window_energy_from_counters_or_interpolated_power():
     assert counter_energy_j({0: 10.0, 1: 5.0}, {0: 25.0, 1: 9.0}) == {0: 15.0, 1: 4.0}
     assert counter_energy_j(None, {0: 1.0}) is None
+    assert counter_energy_j({0: 10.0}, {0: 3.0}) is None  # went back (a driver reload): the samples stand in
+    assert counter_energy_j({0: 10.0}, {0: 10.0}) is None  # did not advance in a short window
     # power rising linearly 100 W -> 200 W over 0..1 s, sampled every 0.25 s: the integral is exact
     samples = [GpuSample(0, t, 0, 100.0 + 100.0 * t) for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert power_energy_j(samples, 0, 0.1, 0.9) == pytest.approx(0.8 * 150.0)
@@ -223,7 +226,7 @@ def test_a_study_can_sweep_the_request_rate():
     assert [p.config.online.request_rate for p in study.points] == [2.0, 8.0]
 
 
-# --- one real online measurement (random:tiny on the CPU, a fake 150 W GPU) ---------------------------------
+# --- one real online measurement (random:tiny on the CPU, its weights "on" an ideal fake 150 W GPU) -----------
 POWER_W = 150.0
 
 
@@ -232,7 +235,8 @@ def measured(tmp_path_factory):
     from llem_mlflow.runner import Measurement
 
     cfg = online_config(request_rate=4.0, n_requests=16, slo={"ttft_ms": 10_000.0})
-    measurement = Measurement(cfg, quiet=True, nvml=FakeNvml([FakeGpu(power_w=POWER_W)]))
+    machine = FakeHardware(FakeNvml([FakeGpu(power_w=POWER_W)]), model_on=[0])
+    measurement = Measurement(cfg, quiet=True, hardware=machine)
     report = measurement.run()
     yield cfg, report
     measurement.cleanup()

@@ -368,8 +368,8 @@ class EnergyMonitor:
         samples = self._sampler.samples
         parts = {d.target.cuda_index: power_energy_j(samples, d.target.cuda_index, start_s, end_s) for d in self._devices}
         if any(joules is None for joules in parts.values()):
-            return None, "unavailable: no energy counter readings at the edges and too few power samples around them"
-        return parts, "nvml_power_integral"
+            return None, "unavailable: no usable energy counter readings at the edges and too few power samples around them"
+        return parts, "+".join(sorted({d.power_method for d in self._devices}))
 
     def begin(self, phase: str) -> None:
         if self._open is not None:

@@ -13,10 +13,13 @@ from llem_mlflow.energy.readings import GpuSample
 
 
 def counter_energy_j(start: dict[int, float] | None, end: dict[int, float] | None) -> dict[int, float] | None:
-    """Per-GPU energy between two counter readings (None when either is missing)."""
+    """Per-GPU energy between two counter readings; None when either is missing, or a counter went back
+    (a driver reload restarts it) or did not advance (it updates about every 100 ms): as for a phase,
+    the sampled power stands in."""
     if not start or not end or set(start) != set(end):
         return None
-    return {gpu: end[gpu] - start[gpu] for gpu in end}
+    energy = {gpu: end[gpu] - start[gpu] for gpu in end}
+    return energy if all(joules > 0 for joules in energy.values()) else None
 
 
 def power_energy_j(samples: list[GpuSample], gpu: int, start_s: float, end_s: float) -> float | None:
