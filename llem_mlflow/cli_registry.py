@@ -62,11 +62,21 @@ def tag_best(
 @click.argument("run_ids", nargs=-1)
 @click.option("--experiment", default=None, help="Compare every llem-mlflow run of this experiment.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write energy per token vs throughput (Pareto front marked) to this PNG.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write the plot (see --x-axis) to this PNG.")
+@click.option(
+    "--x-axis", type=click.Choice(["throughput", "request-rate"]), default="throughput", show_default=True,
+    help="The plot's x axis: throughput (energy per token, Pareto front) or request-rate (online runs: energy and latency against load).",
+)  # fmt: skip
 @click.option("--log-to-run", is_flag=True, help="Also log the table and plot to a new summary run.")
 @click.option("--summary-run", default=None, metavar="NAME", help="Name of the summary run (implies --log-to-run).")
 def compare(
-    run_ids: tuple[str, ...], experiment: str | None, fmt: str, plot_path: str | None, log_to_run: bool, summary_run: str | None
+    run_ids: tuple[str, ...],
+    experiment: str | None,
+    fmt: str,
+    plot_path: str | None,
+    x_axis: str,
+    log_to_run: bool,
+    summary_run: str | None,
 ) -> None:
     """Compare runs (RUN_ID ... or --experiment NAME): params that differ, key metrics with units."""
     from llem_mlflow.tracking import compare as cmp
@@ -76,7 +86,7 @@ def compare(
     comparison = cmp.load_comparison(client, list(run_ids), experiment)
     click.echo(cmp.render(comparison, fmt), nl=False)
     if plot_path:
-        cmp.plot_pareto(comparison, plot_path)
+        cmp.plot(comparison, plot_path, x_axis)
         click.echo(f"plot: {plot_path}", err=True)
     if log_to_run or summary_run:
         experiment_id = client.get_experiment_by_name(experiment).experiment_id if experiment else None

@@ -44,6 +44,11 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("energy/ram_j", "J", "min", "RAM energy", energy_of="ram"),
     MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions", energy_of="total"),
     MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50"),
+    # scenario: online (absent from offline runs, so their columns appear only when one run has them)
+    MetricSpec("load/achieved_requests_per_s", "requests/s", "max", "achieved request rate"),
+    MetricSpec("energy/steady_j_per_output_token", "J/token", "min", "steady-state energy per output token"),
+    MetricSpec("load/goodput_requests_per_s", "requests/s", "max", "goodput"),
+    MetricSpec("latency/tpot_ms_p50", "ms", "min", "TPOT p50"),
     MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated"),
     MetricSpec("memory/process_peak_rss_mb", "MiB", "min", "process peak RSS"),
 )
@@ -58,6 +63,8 @@ STUDY_BEST: tuple[str, ...] = (*HEADLINE[:3], "emissions/kg_co2eq")
 
 ENERGY_PER_TOKEN = "energy/j_per_output_token"
 THROUGHPUT = "throughput/output_tokens_per_s"
+REQUEST_RATE = "load/achieved_requests_per_s"  # the x axis of an online load curve
+STEADY_ENERGY_PER_TOKEN = "energy/steady_j_per_output_token"
 
 # Better is lower for costs, higher for rates: decided by the group (the part before "/").
 LOWER_IS_BETTER_GROUPS = frozenset({"energy", "emissions", "latency", "memory", "power", "time"})

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from llem_mlflow.bench.generation import RequestRecord
+    from llem_mlflow.bench.online import OnlineRequestRecord
     from llem_mlflow.config.models import ExperimentConfig
     from llem_mlflow.energy.monitor import EnergyRecord
 
@@ -24,12 +25,15 @@ class Report:
     error: str | None = None
     phase: str = "start"  # the phase running now, or the one a failure stopped in
     durations_s: dict[str, float] = field(default_factory=dict)  # phase -> seconds, phases that ended
-    records: list[RequestRecord] = field(default_factory=list)  # every measured request, all trials (`.trial`)
+    # every measured request of all trials (`.trial`); OnlineRequestRecord for scenario: online
+    records: list[RequestRecord | OnlineRequestRecord] = field(default_factory=list)
     trial_metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per finished trial
     metrics: dict[str, float] = field(default_factory=dict)  # the run's figures (headline = trial mean)
     tags: dict[str, str] = field(default_factory=dict)  # llem.* tags, in the order they became known
     resolved: dict[str, Any] = field(default_factory=dict)  # what the libraries actually used
     energy: EnergyRecord | None = None  # samples, phase windows, per-phase energy (for the artifacts)
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch ms, value)]
+    texts: dict[str, str] = field(default_factory=dict)  # artifact path -> its text (e.g. online/schedule.json)
 
     def phase_time_metrics(self) -> dict[str, float]:
         """`time/<phase>_s` for every phase that ended (trials after the first are in trial/*)."""

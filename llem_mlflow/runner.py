@@ -64,6 +64,15 @@ def measurement_for(cfg: ExperimentConfig, **options: Any) -> Measurement:
 class Measurement:
     data_parallel = False  # True in the ranks of a data-parallel run (distributed.py)
 
+    def __new__(cls, cfg: ExperimentConfig, **options: Any) -> Measurement:
+        # scenario: online measures through its own subclass (runner_online.py); every caller
+        # that writes Measurement(cfg, ...) gets the right one.
+        if cls is Measurement and cfg.scenario == "online":
+            from llem_mlflow.runner_online import OnlineMeasurement
+
+            cls = OnlineMeasurement
+        return super().__new__(cls)
+
     def __init__(
         self,
         cfg: ExperimentConfig,
@@ -322,17 +331,20 @@ class Measurement:
         metrics["memory/process_peak_rss_mb"] = self.memory.process_peak_mb()
         report.metrics = metrics
         report.resolved["prompt_order"] = [r.prompt_index for r in report.records if r.trial == 1]
+        self.add_tags(self.summary_tags())
+
+    def summary_tags(self) -> dict[str, str]:
         tags = self.monitor.tags()
         tags.update(self.split_tags())
-        drift = trial_drift(comparable)
+        drift = trial_drift(self.comparable_trials())
         if drift:
             tags["llem.warning.trial_drift"] = drift
-        if any(r.ttft_ms is None for r in report.records):
+        if any(r.ttft_ms is None for r in self.report.records):
             tags["llem.latency.streaming"] = (
                 "unavailable: beam search cannot stream, so TTFT and inter-token latency were not measured; "
                 "latency/e2e_ms_* is per batch"
             )
-        self.add_tags(tags)
+        return tags
 
     def comparable_trials(self) -> list[dict[str, float]]:
         """Each finished trial's figures, less the energy totals (and sources) the trials did not all measure

@@ -54,7 +54,7 @@ def _field_names() -> list[str]:
 
 
 FIELDS = _field_names()
-SECTIONS = ["dataset", "decoder", "pytorch", "warmup", "baseline", "energy", "cooldown", "registry"]
+SECTIONS = ["dataset", "decoder", "pytorch", "warmup", "baseline", "energy", "cooldown", "registry", "online", "slo"]
 
 scalars = st.one_of(
     st.none(),

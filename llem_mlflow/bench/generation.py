@@ -105,6 +105,16 @@ def build_generate_kwargs(cfg, pad_token_id: int | None) -> dict[str, Any]:
     return kwargs
 
 
+def merged_generation_config(model, kwargs: dict[str, Any]):
+    """The GenerationConfig generate() builds from the model's defaults and `kwargs`."""
+    try:
+        return model._prepare_generation_config(None, **kwargs)[0]
+    except (AttributeError, TypeError):  # private API changed: same merge, done by hand
+        config = copy.deepcopy(model.generation_config)
+        config.update(**kwargs)
+        return config
+
+
 class StepClock:
     """A transformers streamer that only timestamps; the work per step is one append."""
 
@@ -159,13 +169,7 @@ class Generator:
 
     def _generation_config(self) -> Any:
         """The GenerationConfig generate() builds from the model's defaults and our kwargs."""
-        model = self.loaded.model
-        try:
-            return model._prepare_generation_config(None, **self.generate_kwargs)[0]
-        except (AttributeError, TypeError):  # private API changed: same merge, done by hand
-            config = copy.deepcopy(model.generation_config)
-            config.update(**self.generate_kwargs)
-            return config
+        return merged_generation_config(self.loaded.model, self.generate_kwargs)
 
     def resolved_generation_config(self) -> dict[str, Any]:
         """The GenerationConfig generate() uses (JSON-safe): what resolved.json shows."""

@@ -14,7 +14,8 @@ def latency_metrics(records: Sequence) -> dict[str, float]:
     """latency/{ttft,itl,tpot,e2e,batch}_ms_* and tokens/{input,output}_total.
 
     A latency that was not measured (TTFT/ITL/TPOT under beam search, TPOT of one-token
-    requests) has no keys at all. `batch` is one value per generate() call, not per request.
+    requests) has no keys at all. `batch` is one value per generate() call, not per request
+    (online records have no batches, so no `batch`).
     """
     if not records:
         return {}
@@ -23,7 +24,7 @@ def latency_metrics(records: Sequence) -> dict[str, float]:
     metrics.update(summarize("latency/itl_ms", [gap for r in records for gap in r.itl_ms]))
     metrics.update(summarize("latency/tpot_ms", [r.tpot_ms for r in records if r.tpot_ms is not None]))
     metrics.update(summarize("latency/e2e_ms", [r.e2e_ms for r in records]))
-    calls = {(r.trial, r.batch_index): r.batch_ms for r in records if r.batch_ms is not None}
+    calls = {(r.trial, r.batch_index): r.batch_ms for r in records if getattr(r, "batch_ms", None) is not None}
     metrics.update(summarize("latency/batch_ms", calls.values()))
     metrics["tokens/input_total"] = float(sum(r.input_tokens for r in records))
     metrics["tokens/output_total"] = float(sum(r.output_tokens for r in records))

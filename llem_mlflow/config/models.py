@@ -190,6 +190,100 @@ class CooldownConfig(ConfigSection):
     timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0, description="Longest wait per cool-down")
 
 
+class SloConfig(ConfigSection):
+    """Service-level objective for goodput: a request is good when it meets every bound given."""
+
+    ttft_ms: float | None = Field(default=None, gt=0.0, description="Time to first token from arrival, at most (ms)")
+    tpot_ms: float | None = Field(default=None, gt=0.0, description="Time per output token after the first, at most (ms)")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> SloConfig:
+        if self.ttft_ms is None and self.tpot_ms is None:
+            raise ValueError("slo needs ttft_ms, tpot_ms or both (or leave slo out)")
+        return self
+
+
+# The most requests one online trial may schedule: more is a typo in rate or duration.
+MAX_ONLINE_REQUESTS = 1_000_000
+
+
+class OnlineConfig(ConfigSection):
+    """Requests that arrive over time, served by transformers' continuous batching (scenario: online)."""
+
+    request_rate: float | None = Field(
+        default=None, gt=0.0, le=100_000.0, description="Open loop: mean arrivals per second (give this or max_concurrency)"
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=100_000, description="Closed loop: this many requests outstanding; each finish sends the next"
+    )
+    arrival: Literal["poisson", "constant", "gamma"] | None = Field(
+        default=None, description="Gaps between arrivals (request_rate only; None -> poisson)"
+    )
+    burstiness: float | None = Field(
+        default=None, gt=0.0, le=1000.0, description="Gamma shape for arrival: gamma (1: Poisson; < 1 burstier; > 1 smoother)"
+    )
+    n_requests: int | None = Field(
+        default=None, ge=2, le=MAX_ONLINE_REQUESTS, description="Requests per trial (give this or duration_s)"
+    )
+    duration_s: float | None = Field(
+        default=None, gt=0.0, le=86_400.0, description="Send requests for this long per trial (give this or n_requests)"
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Seed of the arrival schedule (None -> random_seed)")
+    slo: SloConfig | None = Field(default=None, description="Bounds for goodput (None: no goodput)")
+    kv_cache_blocks: int | None = Field(
+        default=None,
+        ge=1,
+        description="KV cache size in blocks of 256 tokens (None -> transformers sizes it from free memory: "
+        "60-90% of it; on a CPU set it, or it takes 60% of RAM)",
+    )
+
+    @model_validator(mode="after")
+    def _one_load_and_one_length(self) -> OnlineConfig:
+        problems = []
+        if (self.request_rate is None) == (self.max_concurrency is None):
+            problems.append(
+                "give exactly one of request_rate (open loop: arrivals per second) and max_concurrency "
+                "(closed loop: requests kept outstanding)"
+            )
+        if (self.n_requests is None) == (self.duration_s is None):
+            problems.append("give exactly one of n_requests and duration_s (how long each trial sends requests)")
+        if self.max_concurrency is not None and (self.arrival is not None or self.burstiness is not None):
+            problems.append(
+                "arrival and burstiness shape the gaps of request_rate; with max_concurrency each finish sends "
+                "the next request: remove them"
+            )
+        elif (self.arrival == "gamma") != (self.burstiness is not None):
+            problems.append("burstiness is required for, and only for, arrival: gamma (1.0 is a Poisson process)")
+        if self.request_rate is not None and self.duration_s is not None:
+            expected = self.request_rate * self.duration_s
+            if expected > MAX_ONLINE_REQUESTS:
+                problems.append(
+                    f"request_rate x duration_s schedules about {expected:.0f} requests; at most "
+                    f"{MAX_ONLINE_REQUESTS} are allowed: lower one of them"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# What continuous batching (transformers 5.24) cannot honour, as (field, test on the config, why).
+# Its logits processors drop min_new_tokens and repetition_penalty without an error, and it
+# schedules, batches and caches by itself (paged attention).
+_NOT_FOR_ONLINE: tuple[tuple[str, Any, str], ...] = (
+    ("pytorch.num_beams", lambda c: (c.pytorch.num_beams or 1) > 1, "beam search"),
+    ("pytorch.prompt_lookup_num_tokens", lambda c: c.pytorch.prompt_lookup_num_tokens is not None, "prompt-lookup decoding"),
+    ("pytorch.cache_implementation", lambda c: c.pytorch.cache_implementation is not None, "it uses its own paged cache"),
+    ("pytorch.use_cache", lambda c: c.pytorch.use_cache is False, "it needs its paged KV cache"),
+    ("pytorch.batch_size", lambda c: c.pytorch.batch_size is not None, "it forms batches itself"),
+    ("pytorch.torch_compile", lambda c: bool(c.pytorch.torch_compile), "it compiles by its own configs"),
+    ("pytorch.no_repeat_ngram_size", lambda c: bool(c.pytorch.no_repeat_ngram_size), "its logits processors lack it"),
+    ("decoder.min_new_tokens", lambda c: c.decoder.min_new_tokens is not None, "its logits processors drop it"),
+    ("decoder.repetition_penalty", lambda c: c.decoder.repetition_penalty != 1.0, "its logits processors drop it"),
+    ("decoder.min_p", lambda c: c.decoder.min_p is not None, "transformers does not declare it supported"),
+    ("measure.prefill_split", lambda c: c.measure.prefill_split, "its prefill-only pass repeats fixed batches"),
+)
+
+
 class RegistryConfig(ConfigSection):
     """Register the benchmarked model in the MLflow model registry."""
 
@@ -212,6 +306,9 @@ class ExperimentConfig(ConfigSection):
         default=42, ge=0, le=2**32 - 1, description="Seeds torch, sampling, random: weights and shuffling (numpy's range)"
     )
     n_trials: int = Field(default=1, ge=1, le=1000, description="Repeats of the measured phase on the loaded model")
+    scenario: Literal["offline", "online"] = Field(
+        default="offline", description="offline: fixed batches back to back; online: requests arriving over time (online:)"
+    )
     save_generated_text: bool = Field(default=False, description="Put the generated text in the per-request table")
 
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -222,6 +319,7 @@ class ExperimentConfig(ConfigSection):
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    online: OnlineConfig | None = Field(default=None, description="The load of scenario: online")
     registry: RegistryConfig | None = None
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the MLflow run")
     passthrough_kwargs: dict[str, Any] = Field(
@@ -290,6 +388,27 @@ class ExperimentConfig(ConfigSection):
             raise ValueError(
                 f"decoder.min_new_tokens ({self.decoder.min_new_tokens}) exceeds max_output_tokens "
                 f"({self.max_output_tokens}): lower it or raise max_output_tokens"
+            )
+        return self
+
+
+    @model_validator(mode="after")
+    def _online_fits_the_scenario(self) -> ExperimentConfig:
+        if self.scenario == "offline":
+            if self.online is not None:
+                raise ValueError("online: only applies to scenario: online (remove it, or set scenario: online)")
+            return self
+        if self.online is None:
+            raise ValueError(
+                "scenario: online needs an online: section with request_rate or max_concurrency, "
+                "and n_requests or duration_s"
+            )
+        refused = [f"{name} ({why})" for name, applies, why in _NOT_FOR_ONLINE if applies(self)]
+        if refused:
+            raise ValueError(
+                "scenario: online runs transformers' continuous batching, which cannot honour "
+                + "; ".join(refused)
+                + ": remove them, or use scenario: offline"
             )
         return self
 

@@ -51,6 +51,7 @@ from llem_mlflow.energy.nvml import (
     open_device,
     open_nvml,
     read_boards,
+    read_counter_j,
     running_pids,
     samples_in,
 )
@@ -355,6 +356,35 @@ class EnergyMonitor:
         temps = [self._nvml.optional("nvmlDeviceGetTemperature", d.handle, NVML_TEMPERATURE_GPU) for d in self._devices]
         temps = [float(t) for t in temps if t is not None]
         return max(temps) if temps else None
+
+    def gpu_counter_j(self) -> dict[int, float] | None:
+        """Each measured GPU's energy counter now, in J (None: no counter here, or the read failed).
+
+        No synchronize: for wall-clock sub-windows of a running phase (the online steady window)."""
+        if self._gpu is None or self._closed or self._gpu.method != "nvml_counter":
+            return None
+        try:
+            return {d.target.cuda_index: read_counter_j(self._nvml, d) for d in self._devices}
+        except NvmlError:
+            return None
+
+    def gpu_energy_between(
+        self, start_s: float, end_s: float, start_counter: dict[int, float] | None, end_counter: dict[int, float] | None
+    ) -> tuple[dict[int, float] | None, str]:
+        """GPU energy (J per GPU) over [start_s, end_s] (monotonic) inside a phase, and how it was measured
+        (or `unavailable: why`): the counter readings at the edges, else the sampled power."""
+        from llem_mlflow.energy.subwindow import counter_energy_j, power_energy_j
+
+        if self._gpu is None:
+            return None, f"unavailable: {self.gpu_reason}"
+        energy = counter_energy_j(start_counter, end_counter)
+        if energy is not None:
+            return energy, "nvml_counter"
+        samples = self._sampler.samples
+        parts = {d.target.cuda_index: power_energy_j(samples, d.target.cuda_index, start_s, end_s) for d in self._devices}
+        if any(joules is None for joules in parts.values()):
+            return None, "unavailable: no usable energy counter readings at the edges and too few power samples around them"
+        return parts, "+".join(sorted({d.power_method for d in self._devices}))
 
     def begin(self, phase: str) -> None:
         if self._open is not None:

@@ -19,9 +19,13 @@ from llem_mlflow.sweep.resume import CONFIG_HASH_TAG, POINT_TAG, REPEAT_TAG, chi
 from llem_mlflow.sweep.study import Study
 from llem_mlflow.tracking.compare import (
     ENERGY_METRIC,
+    LATENCY_CURVE_METRICS,
+    RATE_METRIC,
+    STEADY_ENERGY_METRIC,
     THROUGHPUT_METRIC,
     ComparedRun,
     Comparison,
+    plot_load_curve,
     plot_pareto,
 )
 from llem_mlflow.tracking.run import RunLogger
@@ -55,6 +59,9 @@ def summarise(client: Any, study: Study, parent_id: str, experiment_id: str, ech
             tags["llem.sweep.plot_skipped"] = f"no finished run logged both {THROUGHPUT_METRIC} and {ENERGY_METRIC}"
         else:
             parent.log_artifact(plot, "sweep")
+        curve = load_curve_plot(finished, Path(tmp) / "load_curve.png")
+        if curve is not None:
+            parent.log_artifact(curve, "sweep")
     parent.set_tags(tags)
     for metric, (point, value) in best.items():
         echo(f"best {metric}: {point} ({describe_best(finished, point, metric, value)})")
@@ -155,3 +162,15 @@ def comparison_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     if not plotted:
         return None
     return plot_pareto(Comparison(plotted, [], [ENERGY_METRIC, THROUGHPUT_METRIC]), path)
+
+
+def load_curve_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Online studies: energy per token and latency against the achieved request rate (compare's
+    load curve); None when no finished run logged a request rate."""
+    metrics = (RATE_METRIC, ENERGY_METRIC, STEADY_ENERGY_METRIC, *LATENCY_CURVE_METRICS)
+    plotted = [
+        ComparedRun(r["run_id"], r["point"], {}, {m: r[m] for m in metrics if m in r}) for r in rows if RATE_METRIC in r
+    ]
+    if not plotted:
+        return None
+    return plot_load_curve(Comparison(plotted, [], list(metrics)), path)

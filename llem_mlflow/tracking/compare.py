@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 FORMATS = ("table", "csv", "json", "markdown")
 ENERGY_METRIC = registry.ENERGY_PER_TOKEN
 THROUGHPUT_METRIC = registry.THROUGHPUT
+RATE_METRIC = registry.REQUEST_RATE
+STEADY_ENERGY_METRIC = registry.STEADY_ENERGY_PER_TOKEN
+LATENCY_CURVE_METRICS = ("latency/ttft_ms_p50", "latency/tpot_ms_p50")
+# What the x axis of compare's plot can be: the Pareto plot, or the online load curve.
+X_AXES = ("throughput", "request-rate")
 # Key metrics, in display order, with units (a column appears when at least one run has it).
 KEY_METRICS: dict[str, str] = {name: registry.unit(name) for name in registry.KEY}
 # Summary runs carry this tag, so a later `compare --experiment` leaves them out.
@@ -289,6 +294,56 @@ def plot_pareto(comparison: Comparison, path: str | Path) -> Path:
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_load_curve(comparison: Comparison, path: str | Path) -> Path:
+    """Online runs against their achieved request rate: energy per output token above (steady state when
+    every plotted run has it), TTFT and TPOT p50 below. Runs without a request rate are left out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    plotted = sorted((r for r in comparison.runs if RATE_METRIC in r.metrics), key=lambda r: r.metrics[RATE_METRIC])
+    if not plotted:
+        raise TrackingError(f"no run has {RATE_METRIC} (only scenario: online runs do); nothing to plot against request rate")
+    energy = STEADY_ENERGY_METRIC if all(STEADY_ENERGY_METRIC in r.metrics for r in plotted) else ENERGY_METRIC
+    figure = Figure(figsize=(7, 7))
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    rates = [r.metrics[RATE_METRIC] for r in plotted]
+    series = [(top, energy, "tab:red")] + [(bottom, m, c) for m, c in zip(LATENCY_CURVE_METRICS, ("tab:blue", "tab:orange"))]
+    for axes, metric, colour in series:
+        points = [(x, r.metrics[metric]) for x, r in zip(rates, plotted) if metric in r.metrics]
+        if points:
+            axes.plot(*zip(*points), marker="o", color=colour, label=metric)
+    for run, x in zip(plotted, rates):
+        if energy in run.metrics:
+            top.annotate(run.run_name, (x, run.metrics[energy]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    top.set_ylabel(f"{energy} [{KEY_METRICS[energy]}]")
+    bottom.set_ylabel("latency p50 [ms]")
+    bottom.set_xlabel(f"{RATE_METRIC} [{KEY_METRICS[RATE_METRIC]}]")
+    left_out = len(comparison.runs) - len(plotted)
+    note = f" ({left_out} run(s) without a request rate left out)" if left_out else ""
+    top.set_title("Energy and latency against load" + note, fontsize=10)
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+        if axes.lines:
+            axes.legend(fontsize=8)
+        else:
+            axes.text(0.5, 0.5, "not measured", ha="center", va="center", transform=axes.transAxes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot(comparison: Comparison, path: str | Path, x_axis: str = "throughput") -> Path:
+    """compare's plot: the Pareto plot (x: throughput) or the load curve (x: request rate)."""
+    if x_axis == "request-rate":
+        return plot_load_curve(comparison, path)
+    if x_axis != "throughput":
+        raise TrackingError(f"unknown x axis {x_axis!r}: use one of {', '.join(X_AXES)}")
+    return plot_pareto(comparison, path)
 
 
 # --- summary run -------------------------------------------------------------------------------------

@@ -166,20 +166,28 @@ def log_report(logger: Any, report: Report) -> None:
         from llem_mlflow.energy.timeline import metric_histories
 
         logger.log_history(metric_histories(report.energy.samples))
+    if report.histories:
+        logger.log_history(report.histories)
     logger.log_json({**report.resolved, "environment": with_mlflow_version(report.resolved.get("environment"))}, "config/resolved.json")
     log_common_artifacts(logger, report, with_results=False)
     with writing(report.workdir / "latency.png"):
         plot = plot_latency(report.records, report.workdir / "latency.png")
     if plot is not None:
         logger.log_artifact(plot, "plots")
+    if "timeline/requests_in_flight" in report.histories:
+        with writing(report.workdir / "load_timeline.png"):
+            plot = plot_load_timeline(report, report.workdir / "load_timeline.png")
+        logger.log_artifact(plot, "plots")
     logger.log_json(report.results(), "results.json")  # last: "complete" only once everything else is stored
 
 
 def log_common_artifacts(logger: Any, report: Report, with_results: bool = True) -> None:
     """results.json (first: after a failure it replaces an earlier one at once; if even that cannot be
-    stored, RunLogger removes the earlier one), requests.csv and the energy files."""
+    stored, RunLogger removes the earlier one), requests.csv, the energy files and the report's texts."""
     if with_results:
         logger.log_json(report.results(), "results.json")
+    for path, text in report.texts.items():
+        logger.log_text(text, path)
     if report.records:
         path = report.workdir / "requests.csv"
         with writing(path):  # the workdir is in the temp folder: a full disk there names the file
@@ -222,15 +230,16 @@ def with_mlflow_version(environment: dict[str, Any] | None) -> dict[str, Any]:
 def write_request_table(records: list[Any], path: Path) -> None:
     import csv
 
+    columns = getattr(records[0], "TABLE_COLUMNS", REQUEST_COLUMNS)  # online records name their own
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=REQUEST_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for r in records:
             row = asdict(r)
             itl = row.pop("itl_ms")
             row["itl_ms_mean"] = sum(itl) / len(itl) if itl else None
             row["tpot_ms"] = r.tpot_ms
-            writer.writerow({c: row.get(c) for c in REQUEST_COLUMNS})
+            writer.writerow({c: row.get(c) for c in columns})
 
 
 def plot_latency(records: list[Any], path: Path) -> Path | None:
@@ -260,6 +269,45 @@ def plot_latency(records: list[Any], path: Path) -> Path | None:
         ax.set_ylabel("requests")
         if len(trials) > 1 and ax.has_data():
             ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def plot_load_timeline(report: Report, path: Path) -> Path:
+    """Requests in flight and waiting over time (scenario: online), GPU power beside them, steady window shaded."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    histories = report.histories
+    t0 = histories["timeline/requests_in_flight"][0][0]
+
+    def seconds(stamp: float) -> float:
+        return (stamp - t0) / 1000.0
+
+    figure = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for name, label, colour in (("in_flight", "in flight", "tab:blue"), ("waiting", "waiting", "tab:orange")):
+        points = histories[f"timeline/requests_{name}"]
+        axes.step([seconds(t) for t, _ in points], [v for _, v in points], where="post", label=label, color=colour)
+    window = report.resolved.get("steady_window_epoch_ms")
+    if window:
+        axes.axvspan(seconds(window[0]), seconds(window[1]), color="tab:green", alpha=0.15, label="steady window")
+    axes.set_xlabel("time since the first arrival (s)")
+    axes.set_ylabel("requests")
+    end = histories["timeline/requests_in_flight"][-1][0]
+    samples = [s for s in (report.energy.samples if report.energy is not None else []) if t0 <= s.timestamp_ms <= end]
+    if samples:
+        power = figure.axes[0].twinx()
+        for gpu in sorted({s.gpu for s in samples}):
+            points = [(seconds(s.timestamp_ms), s.power_w) for s in samples if s.gpu == gpu and s.power_w is not None]
+            if points:
+                power.plot(*zip(*points), color="tab:red", linewidth=0.8, alpha=0.7, label=f"GPU {gpu} power")
+        power.set_ylabel("power (W)")
+        power.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="upper left", fontsize=8)
+    axes.set_title("Online load (trial 1)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path
