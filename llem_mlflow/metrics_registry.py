@@ -46,7 +46,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50"),
     # scenario: online (absent from offline runs, so their columns appear only when one run has them)
     MetricSpec("load/achieved_requests_per_s", "requests/s", "max", "achieved request rate"),
-    MetricSpec("energy/steady_j_per_output_token", "J/token", "min", "steady-state energy per output token"),
+    MetricSpec(
+        "energy/steady_j_per_output_token", "J/token", "min", "steady-state energy per output token", energy_of="gpu"
+    ),
     MetricSpec("load/goodput_requests_per_s", "requests/s", "max", "goodput"),
     MetricSpec("latency/tpot_ms_p50", "ms", "min", "TPOT p50"),
     MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated"),

@@ -177,7 +177,8 @@ class OnlineMeasurement(Measurement):
             ]
 
     def summary_tags(self) -> dict[str, str]:
-        tags = self.monitor.tags()
+        tags = super().summary_tags()
+        tags.pop("llem.latency.streaming", None)  # offline's beam-search note; online, a reset says why (below)
         several = self.cfg.n_trials > 1
         for key, texts in self._trial_tags.items():
             tags[key] = " | ".join(texts if several else texts[-1:])[:5000]

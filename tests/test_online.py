@@ -168,6 +168,7 @@ def test_sub_window_energy_from_counters_or_interpolated_power():
         ({"decoder": {"preset": "deterministic", "min_new_tokens": 8}}, "decoder.min_new_tokens"),
         ({"decoder": {"preset": "creative"}}, "decoder.repetition_penalty"),
         ({"measure": {"prefill_split": True}}, "measure.prefill_split"),
+        ({"measure": {"min_duration_s": 5.0}}, "measure.min_duration_s"),
     ],
 )
 def test_online_refuses_what_continuous_batching_cannot_honour(changes, needle):
