@@ -33,14 +33,32 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("-o", "--override", "overrides", multiple=True, help=OVERRIDE_HELP)
-def validate(config: str, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG and print it normalised (every field, defaults filled in)."""
-    from llem_mlflow.config.loader import load_config
-    from llem_mlflow.config.params import config_to_yaml
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, help=OVERRIDE_HELP + " Experiment configs only.")
+def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check experiment configs and study files without running anything.
 
-    click.echo(config_to_yaml(load_config(config, overrides)), nl=False)
+    One file: an experiment config is printed normalised (every field, defaults
+    filled in); a study file (sweep:, experiments:, base:) prints its plan, as
+    `sweep --dry-run` does. Several files: one line per file. Every problem of
+    every file is reported; exit status 2 when any file has one.
+    """
+    from llem_mlflow.validate import check_file
+
+    failed = 0
+    for path in files:
+        try:
+            checked = check_file(path, overrides)
+        except LlemError as exc:
+            if len(files) == 1:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(checked.text if len(files) == 1 else f"{path}: ok ({checked.summary})", nl=len(files) > 1)
+    if failed:
+        click.echo(f"{failed} of {len(files)} file(s) with problems", err=True)
+        sys.exit(2)
 
 
 @main.command()

@@ -22,6 +22,8 @@ def register(run_id: str, name: str, alias: str | None, tags: tuple[str, ...]) -
     No weights are copied: the version references the hub id + revision, local
     path or random: preset. Registering the same run again returns its version.
     """
+    _refuse_bad_alias(alias)  # at once, before MLflow is even imported
+
     from llem_mlflow.tracking.registry import register_run
     from llem_mlflow.tracking.store import open_client
 
@@ -30,6 +32,7 @@ def register(run_id: str, name: str, alias: str | None, tags: tuple[str, ...]) -
     for key in sorted(version.tags):
         if key.startswith("llem.") and not key.startswith("llem.hw."):
             click.echo(f"  {key} = {version.tags[key]}")
+    click.echo(f"  figures: the metrics of its source model {version.source}")
 
 
 @click.command("tag-best")
@@ -47,6 +50,8 @@ def tag_best(
     name: str, metric: str, device_name: str | None, device_count: int | None, alias: str, direction: str | None, dry_run: bool
 ) -> None:
     """Move ALIAS to the version of NAME with the best METRIC on one kind of hardware; print the ranking."""
+    _refuse_bad_alias(alias)  # at once (--dry-run included), before MLflow is even imported
+
     from llem_mlflow.tracking import best
     from llem_mlflow.tracking.store import open_client
 
@@ -62,6 +67,7 @@ def tag_best(
 @click.argument("run_ids", nargs=-1)
 @click.option("--experiment", default=None, help="Compare every llem-mlflow run of this experiment.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True)
+@click.option("--wide", is_flag=True, help="Table: every column with full names (default: what fits 100 characters).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write the plot (see --x-axis) to this PNG.")
 @click.option(
     "--x-axis", type=click.Choice(["throughput", "request-rate"]), default="throughput", show_default=True,
@@ -73,6 +79,7 @@ def compare(
     run_ids: tuple[str, ...],
     experiment: str | None,
     fmt: str,
+    wide: bool,
     plot_path: str | None,
     x_axis: str,
     log_to_run: bool,
@@ -84,7 +91,7 @@ def compare(
 
     client = open_client()
     comparison = cmp.load_comparison(client, list(run_ids), experiment)
-    click.echo(cmp.render(comparison, fmt), nl=False)
+    click.echo(cmp.render(comparison, fmt, wide), nl=False)
     if plot_path:
         cmp.plot(comparison, plot_path, x_axis)
         click.echo(f"plot: {plot_path}", err=True)
@@ -92,6 +99,14 @@ def compare(
         experiment_id = client.get_experiment_by_name(experiment).experiment_id if experiment else None
         run_id = cmp.log_summary_run(client, comparison, summary_run or "llem-compare", experiment_id, plot_path)
         click.echo(f"summary run: {run_id}", err=True)
+
+
+def _refuse_bad_alias(alias: str | None) -> None:
+    from llem_mlflow.aliases import alias_problem
+
+    problem = alias_problem(alias) if alias is not None else None
+    if problem:
+        raise click.BadParameter(problem, param_hint="--alias")
 
 
 def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:

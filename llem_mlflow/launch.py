@@ -45,6 +45,7 @@ def launch(
     from llem_mlflow.config.loader import load_config
     from llem_mlflow.config.params import config_to_params, config_to_yaml
     from llem_mlflow.runner import Measurement, measurement_for, redacted_config
+    from llem_mlflow.tracking import naming
     from llem_mlflow.tracking import reporter as jobs
     from llem_mlflow.redact import check_recorded_overrides, redact_text
     from llem_mlflow.tracking.reporter import MlflowReporter
@@ -64,13 +65,16 @@ def launch(
             # Under `mlflow run` the run exists already: resume it first so that bad input marks it FAILED.
             reporter.open()
             check_recorded_overrides(recorded_overrides)  # a literal secret there is in a param now
-        cfg = load_config(config_path, overrides)
-        _check_country(cfg)
+        cfg = load_config(config_path, overrides)  # refuses a carbon country CodeCarbon cannot price, too
         check_inputs(cfg)  # random: preset, dataset and model paths, context window: before a run exists
         _check_devices(cfg)
         model_path, registered_version = _resolve_registered_model(cfg.model)
-        if not reporter.opened:  # only now: a config error must create no run
-            reporter.open(experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id)
+        name = naming.run_name_for(cfg, config_path, run_name)
+        if reporter.opened:  # the run `mlflow run` made: named at random unless --run-name was given
+            reporter.call(naming.name_existing_run, name, run_name is not None, cfg.experiment)
+        else:  # only now: a config error must create no run
+            experiment_name = naming.experiment_for(cfg, experiment_name, experiment_id)
+            reporter.open(experiment_name=experiment_name, experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id)
         logged = redacted_config(cfg)
         reporter.call(jobs.log_config, config_to_params(logged), config_to_yaml(logged))
         reporter.call(jobs.preload_plotting)
@@ -126,18 +130,6 @@ def _fail(reporter: Any, measurement: Any, status: str, message: str, detail: st
         except Exception as exc:
             print(f"warning: could not gather the partial results: {exc}", file=sys.stderr)
     reporter.fail(report, status, message, detail)
-
-
-def _check_country(cfg: Any) -> None:
-    """An unknown carbon-intensity country is bad input: refuse it before a run exists."""
-    if not cfg.energy.codecarbon:
-        return
-    from llem_mlflow.energy.codecarbon_source import country_problem
-    from llem_mlflow.errors import ConfigError
-
-    problem = country_problem(cfg.energy.country_iso_code)
-    if problem:
-        raise ConfigError(problem)
 
 
 def _check_devices(cfg: Any) -> None:

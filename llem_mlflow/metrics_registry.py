@@ -21,6 +21,7 @@ class MetricSpec:
     unit: str
     better: str | None  # "min" (lower is better), "max" (higher is better) or None (no order)
     label: str  # short words for the CLI, e.g. "TTFT p50"
+    column: str  # a narrow table header, unit included, e.g. "TTFT p50 ms" (compare's default table)
     headline: bool = False  # shown first: CLI summary, compare's default columns, logged first
     trial_spread: bool = False  # gets _std, _ci95_low/_high, _cv over trials
     energy_of: str | None = None  # the sources an energy figure adds up: total | measured | gpu | cpu | ram
@@ -29,30 +30,35 @@ class MetricSpec:
 # In display order: the headline figures first.
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
-        "energy/j_per_output_token", "J/token", "min", "energy per output token", headline=True, trial_spread=True, energy_of="total"
-    ),
-    MetricSpec("throughput/output_tokens_per_s", "tokens/s", "max", "throughput", headline=True, trial_spread=True),
-    MetricSpec("latency/ttft_ms_p50", "ms", "min", "TTFT p50", headline=True, trial_spread=True),
-    MetricSpec("latency/e2e_ms_p50", "ms", "min", "end-to-end p50", headline=True),
-    MetricSpec("energy/measured_j_per_output_token", "J/token", "min", "measured energy per output token", energy_of="measured"),
-    MetricSpec("energy/gpu_j_per_output_token", "J/token", "min", "GPU energy per output token", energy_of="gpu"),
-    MetricSpec("energy/total_j", "J", "min", "total energy", energy_of="total"),
-    MetricSpec("energy/measured_j", "J", "min", "measured energy", energy_of="measured"),
-    MetricSpec("energy/gpu_j", "J", "min", "GPU energy", energy_of="gpu"),
-    MetricSpec("energy/gpu_dynamic_j", "J", "min", "GPU dynamic energy", energy_of="gpu"),
-    MetricSpec("energy/cpu_j", "J", "min", "CPU energy", energy_of="cpu"),
-    MetricSpec("energy/ram_j", "J", "min", "RAM energy", energy_of="ram"),
-    MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions", energy_of="total"),
-    MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50"),
-    # scenario: online (absent from offline runs, so their columns appear only when one run has them)
-    MetricSpec("load/achieved_requests_per_s", "requests/s", "max", "achieved request rate"),
+        "energy/j_per_output_token", "J/token", "min", "energy per output token", "J/token",
+        headline=True, trial_spread=True, energy_of="total",
+    ),  # fmt: skip
+    MetricSpec("throughput/output_tokens_per_s", "tokens/s", "max", "throughput", "tokens/s", headline=True, trial_spread=True),
+    MetricSpec("latency/ttft_ms_p50", "ms", "min", "TTFT p50", "TTFT p50 ms", headline=True, trial_spread=True),
+    MetricSpec("latency/e2e_ms_p50", "ms", "min", "end-to-end p50", "e2e p50 ms", headline=True),
     MetricSpec(
-        "energy/steady_j_per_output_token", "J/token", "min", "steady-state energy per output token", energy_of="gpu"
+        "energy/measured_j_per_output_token", "J/token", "min", "measured energy per output token", "measured J/token",
+        energy_of="measured",
+    ),  # fmt: skip
+    MetricSpec("energy/gpu_j_per_output_token", "J/token", "min", "GPU energy per output token", "GPU J/token", energy_of="gpu"),
+    MetricSpec("energy/total_j", "J", "min", "total energy", "total J", energy_of="total"),
+    MetricSpec("energy/measured_j", "J", "min", "measured energy", "measured J", energy_of="measured"),
+    MetricSpec("energy/gpu_j", "J", "min", "GPU energy", "GPU J", energy_of="gpu"),
+    MetricSpec("energy/gpu_dynamic_j", "J", "min", "GPU dynamic energy", "GPU dyn. J", energy_of="gpu"),
+    MetricSpec("energy/cpu_j", "J", "min", "CPU energy", "CPU J", energy_of="cpu"),
+    MetricSpec("energy/ram_j", "J", "min", "RAM energy", "RAM J", energy_of="ram"),
+    MetricSpec("emissions/kg_co2eq", "kg CO2eq", "min", "emissions", "kg CO2eq", energy_of="total"),
+    MetricSpec("latency/itl_ms_p50", "ms", "min", "inter-token p50", "ITL p50 ms"),
+    # scenario: online (absent from offline runs, so their columns appear only when one run has them)
+    MetricSpec("load/achieved_requests_per_s", "requests/s", "max", "achieved request rate", "achieved req/s"),
+    MetricSpec(
+        "energy/steady_j_per_output_token", "J/token", "min", "steady-state energy per output token", "steady J/token",
+        energy_of="gpu",
     ),
-    MetricSpec("load/goodput_requests_per_s", "requests/s", "max", "goodput"),
-    MetricSpec("latency/tpot_ms_p50", "ms", "min", "TPOT p50"),
-    MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated"),
-    MetricSpec("memory/process_peak_rss_mb", "MiB", "min", "process peak RSS"),
+    MetricSpec("load/goodput_requests_per_s", "requests/s", "max", "goodput", "goodput req/s"),
+    MetricSpec("latency/tpot_ms_p50", "ms", "min", "TPOT p50", "TPOT p50 ms"),
+    MetricSpec("memory/gpu_peak_allocated_mb", "MiB", "min", "GPU peak allocated", "GPU peak MiB"),
+    MetricSpec("memory/process_peak_rss_mb", "MiB", "min", "process peak RSS", "RSS peak MiB"),
 )
 BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from llem_mlflow.bench.generation import RequestRecord
     from llem_mlflow.bench.online import OnlineRequestRecord
+    from llem_mlflow.bench.prompts import Prompt
     from llem_mlflow.config.models import ExperimentConfig
     from llem_mlflow.energy.monitor import EnergyRecord
 
@@ -27,6 +28,7 @@ class Report:
     durations_s: dict[str, float] = field(default_factory=dict)  # phase -> seconds, phases that ended
     # every measured request of all trials (`.trial`); OnlineRequestRecord for scenario: online
     records: list[RequestRecord | OnlineRequestRecord] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)  # the prompt set, in measured order (the run's dataset)
     trial_metrics: list[dict[str, float]] = field(default_factory=list)  # one dict per finished trial
     metrics: dict[str, float] = field(default_factory=dict)  # the run's figures (headline = trial mean)
     tags: dict[str, str] = field(default_factory=dict)  # llem.* tags, in the order they became known

@@ -175,6 +175,7 @@ class Measurement:
         from llem_mlflow.bench.prompts import load_prompts
 
         prompts = load_prompts(self.cfg, loaded.tokenizer)
+        self.report.prompts = prompts
         generator = Generator(loaded, self.cfg)
         self.report.resolved.update(
             {

@@ -54,7 +54,8 @@ class OnlineMeasurement(Measurement):
                 "generation_config": json_safe(self.driver.generation_config.to_dict()),
             }
         )
-        return self.driver, self.driver.requests(load_prompts(self.cfg, loaded.tokenizer))
+        self.report.prompts = load_prompts(self.cfg, loaded.tokenizer)  # the run's dataset
+        return self.driver, self.driver.requests(self.report.prompts)
 
     def run_first_generate(self, driver: OnlineDriver, request: OnlineRequest) -> None:
         """Cold start: the manager's start (cache, graphs) and its first request, a phase of its own."""

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from llem_mlflow import __version__
 from llem_mlflow.cli import main
 from llem_mlflow.config import ExperimentConfig, load_config
+from llem_mlflow.config.params import config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("torch", "transformers", "mlflow", "codecarbon", "matplotlib", "pandas")
@@ -97,6 +98,64 @@ def test_validate_input_errors_exit_2(tmp_path, monkeypatch, args, expected):
 def test_validate_without_argument_is_a_usage_error():
     result = invoke("validate")
     assert result.exit_code == 2 and "Missing argument" in result.stderr
+
+
+STUDY = """\
+name: bs-study
+base: {model: random:tiny, max_output_tokens: 8}
+sweep:
+  pytorch.batch_size: [1, 4]
+"""
+
+
+def test_validate_many_files_one_line_each(tmp_path):
+    files = sorted(str(p) for p in (REPO / "examples").glob("*.yaml"))
+    result = invoke("validate", *files)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(": ok (")[0] for line in lines] == files
+    assert any(line.endswith("(study 'quickstart-batch-size', 7 point(s))") for line in lines)
+    assert any("quickstart.yaml: ok (experiment config, hash " in line for line in lines)
+
+
+def test_validate_reports_every_bad_file_and_exits_2(tmp_path):
+    good, bad = write(tmp_path, GOOD), write(tmp_path, BAD, "bad.yaml")
+    country = write(tmp_path, "model: random:tiny\nenergy: {country_iso_code: XYZ}\n", "country.yaml")
+    result = invoke("validate", str(bad), str(good), str(country))
+    assert result.exit_code == 2
+    assert result.stdout == f"{good}: ok (experiment config, hash {config_hash(load_config(good))})\n"
+    assert "pytorch.batch_size: Input should be greater than or equal to 1" in result.stderr
+    # The carbon country is checked as `run` checks it (CodeCarbon's table), without importing CodeCarbon.
+    assert "energy.country_iso_code: 'XYZ' is not a country in CodeCarbon's energy-mix table" in result.stderr
+    assert result.stderr.rstrip().endswith("2 of 3 file(s) with problems")
+
+
+def test_validate_recognises_a_study_and_prints_its_plan_like_sweep_dry_run(tmp_path):
+    from llem_mlflow.cli_sweep import plan_lines
+    from llem_mlflow.sweep.study import load_study
+
+    path = write(tmp_path, STUDY, "study.yaml")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == plan_lines(load_study(path))
+    assert invoke("sweep", str(path), "--dry-run").stdout == result.stdout
+    refused = invoke("validate", str(path), "-o", "n_trials=2")
+    assert refused.exit_code == 2 and "is a study file: -o overrides apply to experiment configs" in refused.stderr
+
+
+def test_validate_reports_all_of_a_study_files_problems_at_once(tmp_path):
+    text = STUDY.replace("pytorch.batch_size: [1, 4]", "pytorch.batchsize: [1, 4]\n  decoder.top_p: 0.5") + "cycle_order: random\nrepeats: 0\nbogus: 1\n"
+    result = invoke("validate", str(write(tmp_path, text, "study.yaml")))
+    assert result.exit_code == 2
+    assert "5 problems in the study file" in result.stderr
+    for needle in (
+        "unknown study key 'bogus'",
+        'sweep.pytorch.batchsize: \'pytorch.batchsize\' is not a config field - did you mean "pytorch.batch_size"?',
+        "sweep.decoder.top_p: must be a non-empty list of values",
+        "cycle_order is 'random'",
+        "repeats must be an integer >= 1, got 0",
+    ):
+        assert needle in result.stderr, needle
 
 
 def test_version():
@@ -217,10 +276,12 @@ def test_subprocess_yaml_syntax_error_exits_2_without_traceback(tmp_path):
 
 
 def test_validate_and_schema_import_no_heavy_library(tmp_path):
+    write(tmp_path, STUDY, "study.yaml")
+    write(tmp_path, "model: random:tiny\nenergy: {country_iso_code: FRA}\n", "country.yaml")
     script = (
         "import sys\n"
         "from llem_mlflow.cli import main\n"
-        "for args in (['validate', sys.argv[1]], ['schema'], ['--help']):\n"
+        "for args in (['validate', sys.argv[1], 'study.yaml', 'country.yaml'], ['schema'], ['--help']):\n"
         "    try:\n"
         "        main(args, standalone_mode=False)\n"
         "    except SystemExit:\n"

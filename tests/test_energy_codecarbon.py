@@ -122,6 +122,29 @@ def test_cpu_only_monitor_gpu_absent_cpu_ram_emissions_present(tmp_path):
 
 
 def test_unknown_country_in_config_is_refused_naming_the_field():
-    cfg = ExperimentConfig(model="random:tiny", energy={"codecarbon": True, "country_iso_code": "XYZ", "gpu": "off"})
+    from llem_mlflow.config.loader import validate_config
+    from llem_mlflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="energy.country_iso_code: 'XYZ' is not a country in CodeCarbon's"):
+        validate_config({"model": "random:tiny", "energy": {"country_iso_code": "XYZ"}}, "exp.yaml")
+    with pytest.raises(ConfigError, match=r"did you mean SRB \(Serbia\), FRO \(Faroe Islands\) or FRA \(France\)\? Use"):
+        validate_config({"model": "random:tiny", "energy": {"country_iso_code": "FRB"}}, "exp.yaml")
+    # Without CodeCarbon the country is unused: not checked.
+    assert ExperimentConfig(model="random:tiny", energy={"codecarbon": False, "country_iso_code": "XYZ"})
+    # The monitor refuses it too (a config made without validation).
+    cfg = ExperimentConfig.model_construct(**{**ExperimentConfig(model="random:tiny").__dict__})
+    cfg.energy = cfg.energy.model_construct(**{**cfg.energy.__dict__, "country_iso_code": "XYZ", "gpu": "off"})
     with pytest.raises(EnergyError, match="energy.country_iso_code 'XYZ'"):
         EnergyMonitor(cfg)
+
+
+def test_shipped_country_table_is_codecarbons():
+    """The table `validate` checks against (no CodeCarbon import) is CodeCarbon's own energy-mix table."""
+    from codecarbon.input import DataSource
+
+    from llem_mlflow.energy.countries import carbon_countries
+
+    mix = DataSource().get_global_energy_mix_data()
+    assert carbon_countries() == {code: row["country_name"] for code, row in mix.items()}, (
+        "CodeCarbon's table changed: python llem_mlflow/energy/data/make_countries.py > llem_mlflow/energy/data/carbon_countries.tsv"
+    )

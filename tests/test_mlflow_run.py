@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
-from helpers import mlflow_run, only_run, write_config
+from helpers import artifact_json, mlflow_run, only_run, write_config
 from mlflow import MlflowClient
 
 from llem_mlflow.config.loader import load_config
@@ -32,6 +33,7 @@ def test_quickstart_through_mlflow_run(mlflow_store, project_copy):
         assert params[key] == value, key
     assert config_from_params(params) == cfg
     assert params["config"] == str(cfg_path)  # mlflow run's own param, untouched
+    assert "overrides" not in params  # not given: not logged (no junk `overrides = ''`)
 
     m = run.data.metrics
     # min_new_tokens == max_output_tokens; whole passes over the prompts until the window lasts 1 s (the CPU default)
@@ -83,3 +85,37 @@ def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
     assert run.info.status == "FINISHED" and run.info.run_name == "r1"
     assert run.data.params["dataset.n"] == "6"
     assert run.data.metrics["tokens/output_total"] == 6 * 8
+    # MLflow-native records: the prompt set as the dataset input, the request table as an MLflow table.
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert dataset.name == "builtin-prompts" and json.loads(dataset.profile)["num_rows"] == 6
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": "requests.json", "type": "table"}]
+    table = artifact_json(run.info.run_id, "requests.json")
+    assert table["columns"][:3] == ["request_index", "batch_index", "prompt_index"] and len(table["data"]) == 6
+
+
+def test_mlflow_run_names_the_run_after_the_config_and_logs_no_empty_param(mlflow_store, project_copy, tmp_path):
+    """No --run-name: MLflow names the run at random (`popular-boar-196`); we rename it after the config file.
+    An `experiment:` in the config cannot move the run `mlflow run` made in Default: we say so."""
+    cfg = write_config(tmp_path / "tiny-bench.yaml", experiment="wanted")
+    result = mlflow_run(project_copy, "-P", f"config={cfg}", "-P", "overrides=dataset.n=2 decoder.top_k=7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run("Default")
+    assert run.info.run_name == "tiny-bench" and run.data.tags["mlflow.runName"] == "tiny-bench"
+    params = run.data.params
+    assert params["dataset.n"] == "2" and params["decoder.top_k"] == "7"  # -P overrides still reaches the config
+    assert not [k for k, v in params.items() if v.strip("'\"") == ""], params  # no empty or quoted-empty value
+    assert "note: the config asks for experiment 'wanted'" in result.stderr and "--experiment-name wanted" in result.stderr
+    # The Default experiment now says it holds classic runs (the UI kind tag).
+    assert MlflowClient().get_experiment("0").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "?workflowType=machine_learning" in result.stdout  # the printed link opens the runs view
+
+
+def test_config_run_name_and_experiment_are_used_when_the_caller_names_none(mlflow_store, tmp_path):
+    cfg = write_config(tmp_path / "exp.yaml", run_name="from-config", experiment="from-config-exp")
+    for extra in ([], ["--run-name", "from-cli", "--experiment-name", "cli-exp"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet", *extra], capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert only_run("from-config-exp").info.run_name == "from-config"
+    assert only_run("cli-exp").info.run_name == "from-cli"  # the caller's choice wins

@@ -12,16 +12,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llem_mlflow.aliases import alias_problem
 from llem_mlflow.config import ExperimentConfig
 from llem_mlflow.config.models import COVERED_FROM_PRETRAINED_KWARGS
 from llem_mlflow.config.params import (
     MAX_KEY_LENGTH,
     MAX_VALUE_LENGTH,
+    UNHASHED_FIELDS,
     check_mlflow_limits,
     config_from_params,
     config_hash,
     config_to_params,
 )
+from llem_mlflow.energy.countries import carbon_countries
 from llem_mlflow.errors import ConfigError
 
 # --- a strategy over every field of every section, valid by construction -------------------
@@ -150,7 +153,7 @@ def experiment_configs(draw) -> ExperimentConfig:
         "energy": {
             "gpu": draw(st.sampled_from(["auto", "nvml", "off"])),
             "codecarbon": draw(st.booleans()),
-            "country_iso_code": draw(st.from_regex(r"\A[A-Z]{3}\Z")),
+            "country_iso_code": draw(st.sampled_from(sorted(carbon_countries()))),
             "sample_interval_ms": draw(st.integers(10, 10_000)),
         },
         "cooldown": {
@@ -159,8 +162,10 @@ def experiment_configs(draw) -> ExperimentConfig:
             "timeout_s": draw(floats(0.0, 3600.0, exclude_min=True)),
         },
         "registry": draw(maybe(st.fixed_dictionaries(
-            {"model_name": text(min_size=1), "alias": maybe(text()),
+            {"model_name": text(min_size=1), "alias": maybe(st.from_regex(r"\A[\w-]{1,40}\Z").filter(lambda a: not alias_problem(a))),
              "tags": st.dictionaries(text(), text(), max_size=3)}))),
+        "experiment": draw(maybe(text(min_size=1))),
+        "run_name": draw(maybe(text(min_size=1))),
         "tags": draw(st.dictionaries(text(), text(), max_size=4)),
         "passthrough_kwargs": draw(st.dictionaries(passthrough_keys, json_values, max_size=4)),
     }  # fmt: skip
@@ -191,7 +196,7 @@ def test_hash_changes_with_any_measured_field(cfg, other):
     params, other_params = config_to_params(cfg), config_to_params(other)
     base_hash = config_hash(cfg)
     for key, value in other_params.items():
-        if params.get(key) == value or key.split(".")[0] in ("tags", "registry"):
+        if params.get(key) == value or key.split(".")[0] in UNHASHED_FIELDS:
             continue
         try:
             changed = config_from_params({**params, key: value})
@@ -341,7 +346,9 @@ def test_hash_changes_with_measured_fields(change):
     assert config_hash(ExperimentConfig(**{"model": "m", **change})) != config_hash(ExperimentConfig(model="m"))
 
 
-def test_hash_ignores_tags_and_registry():
+def test_hash_ignores_tags_registry_and_where_the_run_goes():
     base = ExperimentConfig(model="m")
-    labelled = ExperimentConfig(model="m", tags={"who": "me"}, registry={"model_name": "bench", "alias": "a"})
+    labelled = ExperimentConfig(
+        model="m", tags={"who": "me"}, registry={"model_name": "bench", "alias": "a"}, experiment="e", run_name="r"
+    )
     assert config_hash(base) == config_hash(labelled)

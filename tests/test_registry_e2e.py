@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import invoke_cli, write_config
 
+from llem_mlflow.metrics_registry import format_number
+from llem_mlflow.tracking.registry import logged_model_id, version_results
 from llem_mlflow.tracking.version_tags import hardware_slug
 
 pytestmark = pytest.mark.slow
@@ -47,8 +49,14 @@ def test_run_two_configs_compare_and_tag_best(mlflow_store, tmp_path):
         assert version.tags["llem.config_hash"] == run.data.tags["llem.config_hash"]
         slug = hardware_slug(run.data.tags["llem.device.name"], run.data.tags["llem.device.count"])
         measured = run.data.metrics["energy/j_per_output_token"]
-        assert float(version.tags[f"llem.hw.{slug}.energy.j_per_output_token"]) == measured
-        assert float(version.tags["llem.energy.j_per_output_token"]) == measured
+        assert version.tags["llem.hardware"] == slug
+        assert version.tags["llem.j_per_token"] == f"{format_number(measured)} J/token"
+        result = version_results(client, version)[slug]
+        assert result.run_id == run_id and result.metrics["energy/j_per_output_token"] == measured
+        # The figures are linked to the prompt set the run logged as its dataset.
+        dataset = run.inputs.dataset_inputs[0].dataset
+        model = client.get_logged_model(logged_model_id(version))
+        assert {(m.dataset_name, m.dataset_digest) for m in model.metrics} == {(dataset.name, dataset.digest)}
 
     # Re-registering a run made by the runner returns its version.
     again = invoke_cli("register", versions[0].tags["llem.run_id"], "--name", "tiny-llm")
@@ -66,7 +74,7 @@ def test_run_two_configs_compare_and_tag_best(mlflow_store, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ranking = invoke_cli("tag-best", "tiny-llm", "--metric", "energy/j_per_output_token", "--alias", "most-efficient").stdout
-    energies = {str(v.version): float(v.tags["llem.energy.j_per_output_token"]) for v in versions}
+    energies = {str(v.version): client.get_run(v.tags["llem.run_id"]).data.metrics["energy/j_per_output_token"] for v in versions}
     expected_best = min(energies, key=energies.get)
     assert f"alias 'most-efficient' -> version {expected_best}" in ranking
     assert str(client.get_model_version_by_alias("tiny-llm", "most-efficient").version) == expected_best
@@ -78,8 +86,7 @@ def test_benchmark_a_registered_transformers_model(mlflow_store, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llem_mlflow.bench.random_models import random_model_dir
-    from llem_mlflow.tracking.registry import tag_version_with_results
-    from llem_mlflow.tracking.version_tags import parse_hardware_results
+    from llem_mlflow.tracking.registry import tag_version_with_results, version_results
 
     directory, _ = random_model_dir("random:tiny", seed=11)
     mlflow.set_experiment("hf-models")
@@ -97,7 +104,7 @@ def test_benchmark_a_registered_transformers_model(mlflow_store, tmp_path):
 
     # The runner may tag the version itself; tagging again with the same run is idempotent.
     tag_version_with_results(client, "tiny-hf", version, run)
-    results = parse_hardware_results(client.get_model_version("tiny-hf", version).tags)
+    results = version_results(client, client.get_model_version("tiny-hf", version))
     slug = hardware_slug(run.data.tags["llem.device.name"], run.data.tags["llem.device.count"])
     assert results[slug].run_id == run.info.run_id
     assert results[slug].metrics["throughput/output_tokens_per_s"] == run.data.metrics["throughput/output_tokens_per_s"]

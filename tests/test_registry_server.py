@@ -11,7 +11,7 @@ import pytest
 from helpers import invoke_cli
 from mlflow_server import contract_run
 
-from llem_mlflow.tracking.version_tags import parse_hardware_results
+from llem_mlflow.tracking.registry import logged_model_id, version_results
 
 pytestmark = pytest.mark.slow
 H100 = "NVIDIA H100 80GB HBM3"
@@ -55,16 +55,16 @@ def test_register_tag_results_and_tag_best_over_rest(client, name, experiment_id
 
     version = client.get_model_version(name, "2")
     assert version.tags["llem.run_id"] == h100_runs[1]
-    assert version.tags["llem.energy.j_per_output_token"] == "0.3"
-    assert version.tags["llem.device.name"] == H100 and version.tags["llem.device.count"] == "1"
-    assert client.get_logged_model(version.tags["llem.logged_model_id"]).metrics  # linked over REST too
+    assert version.tags["llem.j_per_token"] == "0.3000 J/token"
+    assert version.tags["llem.hardware"] == "nvidia-h100-80gb-hbm3-x1"
+    assert client.get_logged_model(logged_model_id(version)).metrics  # linked over REST too
 
     # Version 3 also measured on an A100: both results kept, each under its hardware key.
     from llem_mlflow.tracking.registry import tag_version_with_results
 
     a100_run = contract_run(client, experiment_id, device_name=A100, metrics={"energy/j_per_output_token": 0.2})
     tag_version_with_results(client, name, "3", a100_run)
-    results = parse_hardware_results(client.get_model_version(name, "3").tags)
+    results = version_results(client, client.get_model_version(name, "3"))
     assert {r.device_name: r.metrics["energy/j_per_output_token"] for r in results.values()} == {H100: 0.6, A100: 0.2}
 
     ranked = invoke_cli("tag-best", name, "--metric", "energy/j_per_output_token", "--gpu", H100, "--alias", "most-efficient")
@@ -96,7 +96,7 @@ def test_compare_over_rest_with_summary_run(client, name, experiment_id, tmp_pat
     downloaded = client.download_artifacts(summary.info.run_id, "plots/front.png", str(tmp_path / "dl"))
     assert open(downloaded, "rb").read() == plot.read_bytes()
     table = client.download_artifacts(summary.info.run_id, "comparison/comparison.md", str(tmp_path / "dl"))
-    assert "| pbf16 | bf16 | 0.4 | 130 |" in open(table).read()
+    assert "| pbf16 | bf16 | 0.4000 | 130.0 |" in open(table).read()  # plain decimals, 4 digits
 
 
 def test_transformers_model_resolves_through_the_server(server, name, tmp_path):

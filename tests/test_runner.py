@@ -82,7 +82,7 @@ def test_config_error_creates_no_run(mlflow_store, tmp_path):
 def test_unknown_carbon_country_is_refused_before_a_run_exists(mlflow_store, tmp_path, capsys):
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "country_iso_code": "XYZ"})
     assert launch(str(cfg), experiment_name="nowhere", quiet=True) == 2
-    assert "energy.country_iso_code 'XYZ'" in capsys.readouterr().err
+    assert "energy.country_iso_code: 'XYZ' is not a country" in capsys.readouterr().err
     from mlflow import MlflowClient
 
     assert MlflowClient().get_experiment_by_name("nowhere") is None

@@ -97,6 +97,7 @@ def test_mlflow_run_sweep_gives_one_parent_and_a_finished_child_per_point(tmp_pa
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "e2e"  # the study's name, not the random one `mlflow run` gave it
     assert parent.data.params["config"] == str(study)  # mlflow run's own param is untouched
     assert json.loads(parent.data.params["sweep.pytorch.batch_size"]) == [1, 2]
     assert "exceeds max_output_tokens" in parent.data.tags["llem.sweep.skipped.too-long"]

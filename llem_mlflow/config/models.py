@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from llem_mlflow.config.backend_configs import PyTorchConfig
 from llem_mlflow.config.base import ConfigSection
@@ -164,6 +164,19 @@ class EnergyConfig(ConfigSection):
             raise ValueError("YAML read on/yes/true as the boolean true, which names no mode here: write auto or nvml")
         return value
 
+    @field_validator("country_iso_code")
+    @classmethod
+    def _country_codecarbon_knows(cls, value: str, info: ValidationInfo) -> str:
+        # Checked against a table shipped with the package (CodeCarbon's own list), so `validate`
+        # refuses what `run` would, without importing CodeCarbon. Unused when CodeCarbon is off.
+        if info.data.get("codecarbon", True):
+            from llem_mlflow.energy.countries import country_problem
+
+            problem = country_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
 
 class MeasureConfig(ConfigSection):
     """The measured window: how long it lasts, and what the measured phase covers beyond its batches."""
@@ -296,6 +309,17 @@ class RegistryConfig(ConfigSection):
     alias: str | None = Field(default=None, description="Alias to point at the new version")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra version tags")
 
+    @field_validator("alias")
+    @classmethod
+    def _alias_mlflow_accepts(cls, value: str | None) -> str | None:
+        # Refused now, not after the whole benchmark when the version is registered.
+        from llem_mlflow.aliases import alias_problem
+
+        problem = alias_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class ExperimentConfig(ConfigSection):
     """One experiment: a model, a prompt set, settings, and what to measure."""
@@ -326,6 +350,14 @@ class ExperimentConfig(ConfigSection):
     cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
     online: OnlineConfig | None = Field(default=None, description="The load of scenario: online")
     registry: RegistryConfig | None = None
+    experiment: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow experiment for the run when the caller names none (--experiment-name, MLFLOW_EXPERIMENT_NAME)",
+    )
+    run_name: str | None = Field(
+        default=None, min_length=1, description="MLflow run name (None -> the config file's name without extension); --run-name wins"
+    )
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the MLflow run")
     passthrough_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra from_pretrained() arguments not covered by a field"

@@ -31,7 +31,7 @@ MLPROJECT_PARAMS = frozenset({"config", "overrides"})
 MAX_KEY_LENGTH = 250
 MAX_VALUE_LENGTH = 6000
 # Fields that do not change what is measured; left out of the config hash.
-UNHASHED_FIELDS = frozenset({"tags", "registry"})
+UNHASHED_FIELDS = frozenset({"tags", "registry", "experiment", "run_name"})
 
 
 def config_to_params(cfg: ExperimentConfig) -> dict[str, str]:

@@ -33,6 +33,7 @@ from llem_mlflow.sweep.child import ChildSpec, child_env, run_child
 from llem_mlflow.sweep.study import Point, Study
 from llem_mlflow.tracking.heartbeat import Heartbeat, dead_reason
 from llem_mlflow.tracking.recover import DeadRun, mark_dead
+from llem_mlflow.tracking.naming import name_run_if_generated
 from llem_mlflow.tracking.run import RunLogger
 
 FAILURE_TAG = "llem.sweep.failure_reason"
@@ -192,6 +193,7 @@ def open_parent(
     earlier = earlier_parents(client, experiment_id, study.study_hash, exclude=current)
     if current:
         parent_id = current
+        name_run_if_generated(client, parent_id, study.name)  # `mlflow run` named it at random
     elif earlier:
         parent_id = earlier.pop(0).info.run_id
         client.update_run(parent_id, status="RUNNING")

@@ -24,6 +24,8 @@ import hashlib
 import itertools
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,25 +89,67 @@ def load_study(path: str | Path) -> Study:
     return build_study(data, source=str(path), base_dir=path.parent)
 
 
+def looks_like_study(data: dict[str, Any]) -> bool:
+    """A study file, not an experiment config: it has a study's own keys (`llem-mlflow validate` asks)."""
+    return any(key in data for key in ("sweep", "experiments", "base", "base_config"))
+
+
+class _Problems:
+    """Every problem of a study file, reported at once (each part is read even when another is wrong)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.found: list[str] = []
+
+    @contextmanager
+    def each(self) -> Iterator[None]:
+        """Record a ConfigError raised inside and carry on with the next part."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.found.append(str(exc).removeprefix(f"{self.source}: "))
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise ConfigError(f"{self.source}: {self.found[0]}")
+        if self.found:
+            listed = "\n".join(f"  - {problem}" for problem in self.found)
+            raise ConfigError(f"{self.source}: {len(self.found)} problems in the study file:\n{listed}")
+
+
 def build_study(data: dict[str, Any], source: str, base_dir: Path = Path(".")) -> Study:
     """Expand a parsed study mapping into points (valid) and skipped points (with reasons)."""
-    unknown = [k for k in data if k not in STUDY_KEYS]
-    if unknown:
-        raise ConfigError(f"{source}: unknown study key {unknown[0]!r}{_suggest(str(unknown[0]), STUDY_KEYS)}")
-    base = _read_base(data, source, base_dir)
-    swept = _read_sweep(data.get("sweep"), source)
-    explicit = _read_experiments(data.get("experiments"), source)
-    if not swept and not explicit:
-        raise ConfigError(f"{source}: a study needs `sweep:` (dotted keys -> lists) or `experiments:` (a list of overrides)")
+    problems = _Problems(source)
+    for key in (k for k in data if k not in STUDY_KEYS):
+        with problems.each():
+            raise ConfigError(f"{source}: unknown study key {key!r}{_suggest(str(key), STUDY_KEYS)}")
+    base: dict[str, Any] = {}
+    swept: dict[str, list[Any]] = {}
+    explicit: list[tuple[str | None, dict[str, Any]]] = []
+    with problems.each():
+        base = _read_base(data, source, base_dir)
+    known = len(problems.found)
+    with problems.each():
+        swept = _read_sweep(data.get("sweep"), source, problems)
+    with problems.each():
+        explicit = _read_experiments(data.get("experiments"), source, problems)
+    if not swept and not explicit and len(problems.found) == known:  # empty, not wrong (that is recorded)
+        problems.found.append("a study needs `sweep:` (dotted keys -> lists) or `experiments:` (a list of overrides)")
     cycle_order = data.get("cycle_order", "sequential")
     if cycle_order not in CYCLE_ORDERS:
-        raise ConfigError(f"{source}: cycle_order is {cycle_order!r}; allowed: {', '.join(CYCLE_ORDERS)}")
-    repeats = _positive_int(data.get("repeats", 1), "repeats", source, minimum=1)
-    seed = _positive_int(data.get("seed", 0), "seed", source, minimum=0)
-    execution = read_execution(data.get("execution"), source)
+        problems.found.append(f"cycle_order is {cycle_order!r}; allowed: {', '.join(CYCLE_ORDERS)}")
+    repeats, seed = 1, 0
+    with problems.each():
+        repeats = _positive_int(data.get("repeats", 1), "repeats", source, minimum=1)
+    with problems.each():
+        seed = _positive_int(data.get("seed", 0), "seed", source, minimum=0)
+    execution = Execution()
+    with problems.each():
+        execution = read_execution(data.get("execution"), source)
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{source}: name must be a non-empty string, got {name!r}")
+        problems.found.append(f"name must be a non-empty string, got {name!r}")
+    problems.raise_if_any()
 
     candidates = [(grid_point_name(combo, swept), combo) for combo in expand_grid(swept)]
     for i, (label, overrides) in enumerate(explicit, start=1):
@@ -246,22 +290,17 @@ def _read_base(data: dict[str, Any], source: str, base_dir: Path) -> dict[str, A
     raise ConfigError(f"{source}: missing base (an experiment mapping) or base_config (a path to one)")
 
 
-def _read_sweep(sweep: Any, source: str) -> dict[str, list[Any]]:
+def _read_sweep(sweep: Any, source: str, problems: _Problems) -> dict[str, list[Any]]:
     if sweep is None:
         return {}
     if not isinstance(sweep, dict):
         raise ConfigError(f"{source}: sweep must map dotted keys to lists, e.g. `pytorch.batch_size: [1, 8]`")
     out: dict[str, list[Any]] = {}
     for key, values in sweep.items():
-        where = f"{source}: sweep.{key}"
-        if not isinstance(key, str):
-            raise ConfigError(f"{where}: keys must be dotted field names such as pytorch.batch_size")
-        check_field_path(key, where)
-        if isinstance(values, dict):
-            raise ConfigError(f"{where}: use dotted keys (`{key}.field: [...]`), not a nested mapping")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: must be a non-empty list of values, e.g. [1, 8], got {values!r}")
-        out[key] = values
+        with problems.each():  # every key's problem, not only the first
+            out[key] = _read_swept_values(key, values, f"{source}: sweep.{key}")
+    if len(out) < len(sweep):
+        return {}  # a key was wrong (recorded): no grid to count
     size = 1
     for values in out.values():
         size *= len(values)
@@ -270,28 +309,43 @@ def _read_sweep(sweep: Any, source: str) -> dict[str, list[Any]]:
     return out
 
 
-def _read_experiments(experiments: Any, source: str) -> list[tuple[str | None, dict[str, Any]]]:
+def _read_swept_values(key: Any, values: Any, where: str) -> list[Any]:
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: keys must be dotted field names such as pytorch.batch_size")
+    check_field_path(key, where)
+    if isinstance(values, dict):
+        raise ConfigError(f"{where}: use dotted keys (`{key}.field: [...]`), not a nested mapping")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: must be a non-empty list of values, e.g. [1, 8], got {values!r}")
+    return values
+
+
+def _read_experiments(experiments: Any, source: str, problems: _Problems) -> list[tuple[str | None, dict[str, Any]]]:
     if experiments is None:
         return []
     if not isinstance(experiments, list):
         raise ConfigError(f"{source}: experiments must be a list of override mappings")
     out = []
     for i, entry in enumerate(experiments, start=1):
-        where = f"{source}: experiments[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: must be a mapping of overrides, got {entry!r}")
-        entry = dict(entry)
-        label = entry.pop("name", None)
-        if label is not None and (not isinstance(label, str) or not label.strip()):
-            raise ConfigError(f"{where}: name must be a non-empty string")
-        overrides = {}
-        for key, value in entry.items():
-            if not isinstance(key, str):
-                raise ConfigError(f"{where}: key {key!r} must be a field name")
-            check_field_path(key, f"{where}.{key}")
-            overrides[key] = value
-        out.append((label.strip() if label else None, overrides))
+        with problems.each():  # every entry's problem, not only the first
+            out.append(_read_experiment(entry, f"{source}: experiments[{i}]"))
     return out
+
+
+def _read_experiment(entry: Any, where: str) -> tuple[str | None, dict[str, Any]]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a mapping of overrides, got {entry!r}")
+    entry = dict(entry)
+    label = entry.pop("name", None)
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise ConfigError(f"{where}: name must be a non-empty string")
+    overrides = {}
+    for key, value in entry.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} must be a field name")
+        check_field_path(key, f"{where}.{key}")
+        overrides[key] = value
+    return label.strip() if label else None, overrides
 
 
 def check_field_path(key: str, where: str) -> None:

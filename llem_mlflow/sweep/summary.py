@@ -79,10 +79,11 @@ def point_interval(rows: list[dict[str, Any]], point: str, metric: str) -> tuple
 
 def describe_best(rows: list[dict[str, Any]], point: str, metric: str, value: float) -> str:
     """`0.03127 J/token, 95% CI 0.029..0.0331, CPU+RAM estimated`: what the best point's figure is."""
-    parts = [f"{value:.4g} {registry.unit(metric)}".strip()]
+    fmt = registry.format_number
+    parts = [f"{fmt(value)} {registry.unit(metric)}".strip()]
     interval = point_interval(rows, point, metric)
     if interval is not None:
-        parts.append(f"95% CI {interval[0]:.4g}..{interval[1]:.4g}")
+        parts.append(f"95% CI {fmt(interval[0])}..{fmt(interval[1])}")
     if registry.BY_NAME.get(metric) and registry.BY_NAME[metric].energy_of:
         notes = {r.get(ENERGY_QUALITY) for r in rows if r["point"] == point}
         if len(notes) == 1 and next(iter(notes)):

@@ -1,7 +1,8 @@
 """Pick the best version of a registered model for one metric on one kind of hardware.
 
-Reads only the hardware-keyed version tags (`llem.hw.<hw>.*`, see version_tags.py), so a
-version counts for the hardware it was measured on and for nothing else.
+Reads each version's results per hardware key (registry.version_results: its LoggedModel's
+metrics of the run recorded for that hardware, or the `llem.hw.<hw>.*` tags of versions
+registered the old way), so a version counts for the hardware it was measured on and nothing else.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import TrackingError
+from llem_mlflow.metrics_registry import format_number, unit
 from llem_mlflow.tracking import version_tags as vt
-from llem_mlflow.tracking.registry import quote, search_all, set_alias
+from llem_mlflow.tracking.registry import check_alias, quote, search_all, set_alias, version_results
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -97,6 +99,7 @@ def tag_best(
     direction: str | None = None,
 ) -> Ranking:
     """Move `alias` to the best version (see rank_versions) and return the ranking."""
+    check_alias(alias)  # before ranking: a refused alias costs nothing
     ranking = rank_versions(client, name, metric, device_name, device_count, direction)
     set_alias(client, name, alias, ranking.best.version)
     return Ranking(ranking.name, metric, ranking.direction, ranking.entries, ranking.not_measured, alias)
@@ -110,24 +113,19 @@ def _hardware_results(client: MlflowClient, name: str) -> list[tuple[str, vt.Har
     except MlflowException:
         raise TrackingError(f"no registered model named {name!r} at {client._registry_uri}") from None
     versions = search_all(client.search_model_versions, f"name = '{quote(name)}'")
-    return [
-        (str(v.version), result)
-        for v in versions
-        for result in vt.parse_hardware_results(v.tags).values()
-    ]
+    return [(str(v.version), result) for v in versions for result in version_results(client, v).values()]
 
 
 def format_ranking(ranking: Ranking) -> str:
-    unit = vt.HEADLINE_METRICS.get(ranking.metric, "")
     better = "lower" if ranking.direction == "min" else "higher"
-    lines = [f"{ranking.name}: {ranking.metric} [{unit}] ({better} is better)".replace(" []", "")]
+    lines = [f"{ranking.name}: {ranking.metric} [{unit(ranking.metric)}] ({better} is better)".replace(" []", "")]
     spec = registry.BY_NAME.get(ranking.metric)
     quality = spec is not None and spec.energy_of == "total"  # a total figure: say what each rests on
     lines.append(f"{'rank':>4}  {'version':>7}  {'value':>14}  {'hardware':<32}  " + ("energy quality".ljust(34) + "  " if quality else "") + "run")
     for rank, e in enumerate(ranking.entries, 1):
         hardware = f"{e.device_name} x {e.device_count}" if e.device_count else e.device_name
         note = f"{(e.energy_quality or 'unknown'):<34}  " if quality else ""
-        lines.append(f"{rank:>4}  {e.version:>7}  {e.value:>14.6g}  {hardware:<32}  {note}{e.run_id or ''}")
+        lines.append(f"{rank:>4}  {e.version:>7}  {format_number(e.value):>14}  {hardware:<32}  {note}{e.run_id or ''}")
     notes = {e.energy_quality for e in ranking.entries} if quality else set()
     if len(notes) > 1:
         lines.append("note: the versions' energy figures rest on different sources or qualities; compare like with like")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llem_mlflow import metrics_registry as registry
+from llem_mlflow.metrics_registry import format_number
 from llem_mlflow.errors import TrackingError
 from llem_mlflow.redact import redact_uri
 from llem_mlflow.tracking import version_tags as vt
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 FORMATS = ("table", "csv", "json", "markdown")
+TABLE_WIDTH = 100  # the default table fits a terminal this wide; --wide shows every column
+MAX_CELL = 32  # longer names and values lose their middle ("...") in the default table
 ENERGY_METRIC = registry.ENERGY_PER_TOKEN
 THROUGHPUT_METRIC = registry.THROUGHPUT
 RATE_METRIC = registry.REQUEST_RATE
@@ -151,25 +153,22 @@ def run_intervals(metrics: dict[str, float]) -> dict[str, tuple[float, float]]:
     }
 
 
-def _format_number(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
-
-
 def _format_cell(run: ComparedRun, metric: str) -> str:
     """`0.03127`, or with an interval over trials `0.03127 [0.02901, 0.03310]`."""
-    text = _format_number(run.metrics[metric])
+    text = format_number(run.metrics[metric])
     if metric in run.intervals:
         low, high = run.intervals[metric]
-        text += f" [{_format_number(low)}, {_format_number(high)}]"
+        text += f" [{format_number(low)}, {format_number(high)}]"
     return text
 
 
 # --- output formats -------------------------------------------------------------------------------
 
 
-def render(comparison: Comparison, fmt: str) -> str:
+def render(comparison: Comparison, fmt: str, wide: bool = False) -> str:
+    """The comparison as text; the table fits TABLE_WIDTH columns unless `wide`."""
     if fmt == "table":
-        return _render_table(comparison)
+        return _render_table(comparison, wide)
     if fmt == "csv":
         return _render_csv(comparison)
     if fmt == "json":
@@ -179,14 +178,62 @@ def render(comparison: Comparison, fmt: str) -> str:
     raise TrackingError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
-def _render_table(comparison: Comparison) -> str:
-    header = comparison.header()
-    rows = comparison.rows()
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+def _render_table(comparison: Comparison, wide: bool) -> str:
+    """Plain columns. Wide: every column, full names. Default: short headers, long cells cut, and the
+    columns that fit TABLE_WIDTH, chosen run name first, then headline metrics, params, other metrics."""
+    header, rows = comparison.header(), comparison.rows()
+    columns = [[head, *cells] for head, *cells in zip(header, *rows, strict=True)]
+    hidden: list[str] = []
+    if not wide:
+        columns, hidden = _fit(comparison, columns)
+    widths = [max(len(cell) for cell in column) for column in columns]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in zip(*columns)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if hidden:
+        note = f"({len(hidden)} more column(s), --wide shows them: {', '.join(hidden)})"
+        lines.append(note if len(note) <= TABLE_WIDTH else note[: TABLE_WIDTH - 4] + "...)")
     return "\n".join(lines) + "\n"
+
+
+def _fit(comparison: Comparison, columns: list[list[str]]) -> tuple[list[list[str]], list[str]]:
+    """The columns of the default table (short headers, cut cells) that fit, and the names left out."""
+    n_params, n_metrics = len(comparison.differing_params), len(comparison.metrics)
+    leaf_names = _leaf_names(comparison.differing_params)
+    short: list[list[str]] = [[_cut(cell) for cell in columns[0]]]
+    for param, column in zip(comparison.differing_params, columns[1 : 1 + n_params], strict=True):
+        short.append([leaf_names[param], *(_cut(cell) for cell in column[1:])])
+    for metric, column in zip(comparison.metrics, columns[1 + n_params : 1 + n_params + n_metrics], strict=True):
+        short.append([registry.BY_NAME[metric].column, *column[1:]])
+    names = ["run", *comparison.differing_params, *comparison.metrics]
+    quality = []  # what the energy figures rest on: right after the headline figures
+    if comparison.shows_energy_quality:
+        short.append([_cut(cell) for cell in columns[-1]])
+        names.append(ENERGY_QUALITY_COLUMN)
+        quality = [len(names) - 1]
+    headline = [1 + n_params + i for i, m in enumerate(comparison.metrics) if m in registry.HEADLINE]
+    rest = [1 + n_params + i for i, m in enumerate(comparison.metrics) if m not in registry.HEADLINE]
+    chosen, used = [0], len(max(short[0], key=len))
+    for index in [*headline, *quality, *range(1, 1 + n_params), *rest]:
+        width = 2 + len(max(short[index], key=len))
+        if used + width <= TABLE_WIDTH:
+            chosen.append(index)
+            used += width
+    chosen.sort()  # shown in the usual order: run, params, metrics
+    return [short[i] for i in chosen], [names[i] for i in range(len(names)) if i not in chosen]
+
+
+def _leaf_names(params: list[str]) -> dict[str, str]:
+    """`pytorch.batch_size` -> `batch_size` where no other differing param ends the same way."""
+    leaves = [p.rsplit(".", 1)[-1] for p in params]
+    return {p: leaf if leaves.count(leaf) == 1 else p for p, leaf in zip(params, leaves, strict=True)}
+
+
+def _cut(cell: str) -> str:
+    """Long text loses its middle: run names and values often differ only at the end."""
+    if len(cell) <= MAX_CELL:
+        return cell
+    head = (MAX_CELL - 3) // 2
+    return cell[:head] + "..." + cell[-(MAX_CELL - 3 - head) :]
 
 
 def _render_csv(comparison: Comparison) -> str:
@@ -279,8 +326,7 @@ def plot_pareto(comparison: Comparison, path: str | Path) -> Path:
         [points[i][0] for i in front], [points[i][1] for i in front],
         marker="o", color="tab:red", label="Pareto front", zorder=3,
     )  # fmt: skip
-    for run, (x, y) in zip(plotted, points, strict=True):
-        ax.annotate(run.run_name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    label_inside(ax, [r.run_name for r in plotted], points)
     ax.set_xlabel(f"{THROUGHPUT_METRIC} [{KEY_METRICS[THROUGHPUT_METRIC]}]  (higher is better)")
     ax.set_ylabel(f"{ENERGY_METRIC} [{KEY_METRICS[ENERGY_METRIC]}]  (lower is better)")
     left_out = len(comparison.runs) - len(plotted)
@@ -315,9 +361,9 @@ def plot_load_curve(comparison: Comparison, path: str | Path) -> Path:
         points = [(x, r.metrics[metric]) for x, r in zip(rates, plotted) if metric in r.metrics]
         if points:
             axes.plot(*zip(*points), marker="o", color=colour, label=metric)
-    for run, x in zip(plotted, rates):
-        if energy in run.metrics:
-            top.annotate(run.run_name, (x, run.metrics[energy]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    labelled = [(run.run_name, (x, run.metrics[energy])) for run, x in zip(plotted, rates) if energy in run.metrics]
+    if labelled:
+        label_inside(top, [name for name, _ in labelled], [point for _, point in labelled])
     top.set_ylabel(f"{energy} [{KEY_METRICS[energy]}]")
     bottom.set_ylabel("latency p50 [ms]")
     bottom.set_xlabel(f"{RATE_METRIC} [{KEY_METRICS[RATE_METRIC]}]")
@@ -344,6 +390,18 @@ def plot(comparison: Comparison, path: str | Path, x_axis: str = "throughput") -
     if x_axis != "throughput":
         raise TrackingError(f"unknown x axis {x_axis!r}: use one of {', '.join(X_AXES)}")
     return plot_pareto(comparison, path)
+def label_inside(ax, labels: list[str], points: list[tuple[float, float]]) -> None:
+    """Name each point, the label on the side that faces the middle of the plot, so none leaves the axes."""
+    ax.margins(x=0.15, y=0.15)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_mid, y_mid = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+    for label, (x, y) in zip(labels, points, strict=True):
+        right, top = x > x_mid, y > y_mid
+        ax.annotate(
+            label, (x, y), textcoords="offset points", fontsize=8,
+            xytext=(-5 if right else 5, -5 if top else 5),
+            ha="right" if right else "left", va="top" if top else "bottom",
+        )  # fmt: skip
 
 
 # --- summary run -------------------------------------------------------------------------------------
@@ -369,7 +427,7 @@ def log_summary_run(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for fmt, suffix in (("table", "txt"), ("csv", "csv"), ("json", "json"), ("markdown", "md")):
-                Path(tmp, f"comparison.{suffix}").write_text(render(comparison, fmt))
+                Path(tmp, f"comparison.{suffix}").write_text(render(comparison, fmt, wide=True))
             if plot_path is None and any(
                 ENERGY_METRIC in r.metrics and THROUGHPUT_METRIC in r.metrics for r in comparison.runs
             ):

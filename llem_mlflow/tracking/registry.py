@@ -1,10 +1,13 @@
-"""The MLflow model registry: register what a run measured, tag versions with costs, resolve models:/ URIs.
+"""The MLflow model registry: register what a run measured, link the figures to the model, resolve models:/ URIs.
 
 - `register_run` records the benchmarked model as an external LoggedModel (a reference:
-  hub id + revision, local path, or random: preset; no weights are copied), links the run's
-  metrics to it, registers a version and tags it with the headline figures and the hardware.
-- `tag_version_with_results` tags an existing version with one run's results, keyed by
-  hardware (see version_tags.py), so results on different GPUs live side by side.
+  hub id + revision, local path, or random: preset; no weights are copied), makes the run's
+  figures that LoggedModel's metrics (linked to the run and its prompt set) and registers a
+  version with a handful of readable tags (run, model, config hash, hardware, J/token).
+- `tag_version_with_results` adds one run's figures to an existing version's LoggedModel, under
+  the run's hardware key (see version_tags.py), so results on different GPUs live side by side.
+- `version_results` reads them back for `tag-best` (and the hardware-keyed version tags that
+  versions registered before this scheme carry).
 - `resolve_registered_model` downloads a transformers-flavor version to a directory that
   `from_pretrained` loads (bench/ never imports mlflow; the runner passes the directory on).
 
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import ModelLoadError, TrackingError
+from llem_mlflow.metrics_registry import ENERGY_PER_TOKEN, format_number, total_energy_note, unit
 from llem_mlflow.redact import redact_uri
 from llem_mlflow.tracking import version_tags as vt
 
@@ -31,15 +34,21 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
+# The version's tags: few and short, so the registry pages can show them whole.
 TAG_RUN_ID = "llem.run_id"
+TAG_HARDWARE = "llem.hardware"
+TAG_J_PER_TOKEN = "llem.j_per_token"
+# Tags of versions registered before the figures moved to the LoggedModel (still read).
 TAG_MODEL_KIND = "llem.model.kind"
-TAG_MODEL_REVISION = "llem.model.revision"
 TAG_LOGGED_MODEL = "llem.logged_model_id"
 LOGGED_MODEL_TYPE = "llem-benchmarked-reference"
 # MLflow's own tag that marks a LoggedModel whose artifacts live elsewhere.
 MLFLOW_MODEL_IS_EXTERNAL = "mlflow.model.isExternal"
+# Histories, not results: the power timeline and each trial's figures stay on the run only.
+NOT_LINKED_PREFIXES = ("timeline/", "trial/")
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w\-]+))/?$")
+_LOGGED_MODEL_URI = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]+)/?$")
 
 
 @dataclass(frozen=True)
@@ -78,15 +87,16 @@ def register_run(
     extra_tags: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Register the model a run benchmarked as a version of `name`; idempotent per run."""
+    check_alias(alias)
     run = get_run(client, run_id)
     reference = model_reference(run)
-    hardware_tags = _hardware_results_tags(run)
+    slug = _hardware_slug(run)
     version = find_version_for_run(client, name, run_id)
     if version is None:
         logged_model_id = _create_external_model(client, run, reference, name)
-        _link_metrics(client, run, logged_model_id)
+        link_results(client, run, logged_model_id)
         _ensure_registered_model(client, name)
-        tags = {**_version_tags(run, reference, logged_model_id), **hardware_tags, **(extra_tags or {})}
+        tags = {**_version_tags(run, slug), **(extra_tags or {})}
         version = client.create_model_version(
             name=name, source=f"models:/{logged_model_id}", run_id=run_id, tags=tags, model_id=logged_model_id
         )
@@ -98,9 +108,19 @@ def register_run(
     return client.get_model_version(name, version.version)
 
 
+def check_alias(alias: str | None) -> None:
+    """Refuse an alias MLflow would refuse, before anything is measured, ranked or registered."""
+    from llem_mlflow.aliases import alias_problem
+
+    problem = alias_problem(alias) if alias is not None else None
+    if problem:
+        raise TrackingError(problem)
+
+
 def set_alias(client: MlflowClient, name: str, alias: str, version: str | int) -> None:
     from mlflow.exceptions import MlflowException
 
+    check_alias(alias)
     try:
         client.set_registered_model_alias(name, alias, str(version))
     except MlflowException as exc:
@@ -108,21 +128,103 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str | int) -
 
 
 def tag_version_with_results(client: MlflowClient, name: str, version: str | int, run: Run | str) -> dict[str, str]:
-    """Tag version `version` of `name` with the run's results under its hardware key; returns the tags set.
+    """Add the run's figures to version `version` of `name`, under the run's hardware key.
 
-    A previous result on the same hardware is replaced, including metrics the new run did not measure.
+    They become metrics of the version's LoggedModel (a newer run on the same hardware replaces the
+    older one as that hardware's result). A version without a LoggedModel (registered from a runs:/
+    URI, or before MLflow 3) gets the hardware-keyed tags instead. Returns the tags set.
     """
     if isinstance(run, str):
         run = get_run(client, run)
-    tags = _hardware_results_tags(run)
     current = _get_version(client, name, version)
-    slug = vt.hardware_slug(*vt.run_hardware(run.data.tags))
+    model = _logged_model(client, current)
+    if model is not None:
+        tags = link_results(client, run, model.model_id)
+        if model.source_run_id != run.info.run_id:
+            from mlflow.entities import LoggedModelInput
+
+            client.log_inputs(run.info.run_id, models=[LoggedModelInput(model.model_id)])  # the run measured it
+        return tags
+    tags = _hardware_results_tags(run)
+    slug = _hardware_slug(run)
     for key in current.tags:
         if key.startswith(vt.hw_tag_key(slug, "")) and key not in tags:
             client.delete_model_version_tag(name, str(version), key)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return tags
+
+
+def link_results(client: MlflowClient, run: Run, model_id: str) -> dict[str, str]:
+    """Make the run's final figures metrics of the LoggedModel, linked to the run and its prompt set,
+    and record the run as the model's result on its hardware (LoggedModel tags `llem.hw.<hw>.*`).
+
+    Each metric is re-sent with its original timestamp and step, so the run's own history gains no
+    duplicate (the store drops identical points) while the model gets the value. Returns the tags set.
+    """
+    from mlflow.entities import Metric
+
+    from llem_mlflow.tracking.datasets import run_dataset
+
+    dataset_name, dataset_digest = run_dataset(run) or (None, None)
+    metrics = []
+    for key in run.data.metrics:
+        if key.startswith(NOT_LINKED_PREFIXES):
+            continue
+        last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        metrics.append(
+            Metric(
+                key, last.value, last.timestamp, last.step,
+                model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest, run_id=run.info.run_id,
+            )
+        )  # fmt: skip
+    client.log_batch(run.info.run_id, metrics=metrics)  # MlflowClient splits it to the store's limits
+    try:
+        tags = vt.hardware_tags(run.data.tags, run.info.run_id)
+    except ValueError as exc:
+        raise TrackingError(f"run {run.info.run_id}: {exc}") from None
+    client.set_logged_model_tags(model_id, tags)
+    return tags
+
+
+def version_results(client: MlflowClient, version: ModelVersion) -> dict[str, vt.HardwareResult]:
+    """What a version measured, per hardware key: its LoggedModel's metrics of the run recorded for
+    each hardware, and (versions registered the old way) its hardware-keyed tags."""
+    results = vt.parse_hardware_results(version.tags)
+    model = _logged_model(client, version)
+    if model is None:
+        return results
+    for slug, result in vt.parse_hardware_results(model.tags).items():
+        latest: dict[str, Any] = {}
+        for metric in model.metrics or []:
+            if metric.run_id == result.run_id:
+                kept = latest.get(metric.key)
+                if kept is None or (metric.step, metric.timestamp) > (kept.step, kept.timestamp):
+                    latest[metric.key] = metric
+        result.metrics = {key: m.value for key, m in latest.items()}
+        results[slug] = result  # newer than a tag of the old scheme for the same hardware
+    return results
+
+
+def _logged_model(client: MlflowClient, version: ModelVersion) -> Any:
+    """The version's LoggedModel, or None (none recorded, or deleted since)."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = logged_model_id(version)
+    if model_id is None:
+        return None
+    try:
+        return client.get_logged_model(model_id)
+    except MlflowException:
+        return None
+
+
+def logged_model_id(version: ModelVersion) -> str | None:
+    """The LoggedModel a version was registered from (its `models:/m-...` source), if any."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    match = _LOGGED_MODEL_URI.match(version.source or "")
+    return match["model_id"] if match else None
 
 
 def find_version_for_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
@@ -174,24 +276,22 @@ def _hardware_results_tags(run: Run) -> dict[str, str]:
         raise TrackingError(f"run {run.info.run_id}: {exc}") from None
 
 
-def _version_tags(run: Run, reference: ModelReference, logged_model_id: str) -> dict[str, str]:
-    device_name, device_count = vt.run_hardware(run.data.tags)
-    tags = {
-        TAG_RUN_ID: run.info.run_id,
-        vt.TAG_MODEL: reference.model,
-        TAG_MODEL_KIND: reference.kind,
-        TAG_LOGGED_MODEL: logged_model_id,
-        vt.TAG_DEVICE_NAME: device_name,
-        vt.TAG_DEVICE_COUNT: str(device_count),
-    }
-    if reference.revision:
-        tags[TAG_MODEL_REVISION] = reference.revision
-    for key in (vt.TAG_CONFIG_HASH, vt.TAG_DEVICE_TYPE, registry.TOTAL_QUALITY_TAG, registry.TOTAL_SOURCES_TAG):
-        if key in run.data.tags:
-            tags[key] = run.data.tags[key]
-    for metric in vt.HEADLINE_METRICS:
-        if metric in run.data.metrics:
-            tags[vt.headline_tag_key(metric)] = vt.format_value(run.data.metrics[metric])
+def _hardware_slug(run: Run) -> str:
+    try:
+        return vt.hardware_slug(*vt.run_hardware(run.data.tags))
+    except ValueError as exc:
+        raise TrackingError(f"run {run.info.run_id}: {exc}") from None
+
+
+def _version_tags(run: Run, slug: str) -> dict[str, str]:
+    """A handful of short tags the registry pages show whole; the figures are the LoggedModel's metrics."""
+    tags = {TAG_RUN_ID: run.info.run_id, vt.TAG_MODEL: model_reference(run).model, TAG_HARDWARE: slug}
+    if vt.TAG_CONFIG_HASH in run.data.tags:
+        tags[vt.TAG_CONFIG_HASH] = run.data.tags[vt.TAG_CONFIG_HASH]
+    if ENERGY_PER_TOKEN in run.data.metrics:
+        quality = total_energy_note(run.data.tags)  # what it rests on, e.g. "CPU+RAM estimated"
+        text = f"{format_number(run.data.metrics[ENERGY_PER_TOKEN])} {unit(ENERGY_PER_TOKEN)}"
+        tags[TAG_J_PER_TOKEN] = f"{text}, {quality}" if quality else text
     return tags
 
 
@@ -222,24 +322,6 @@ def _create_external_model(client: MlflowClient, run: Run, reference: ModelRefer
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     client.log_outputs(run.info.run_id, [LoggedModelOutput(model_id=logged.model_id, step=0)])
     return logged.model_id
-
-
-def _link_metrics(client: MlflowClient, run: Run, model_id: str) -> None:
-    """Attach the run's final metric values to the LoggedModel.
-
-    Each metric is re-sent with its original timestamp and step, so the run's own history
-    gains no duplicate (the store drops identical points) while the model gets the value.
-    The power timeline (`timeline/*`) is a history, not a result, and is not linked.
-    """
-    from mlflow.entities import Metric
-
-    metrics = []
-    for key in run.data.metrics:
-        if key.startswith("timeline/"):
-            continue
-        last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-        metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id, run_id=run.info.run_id))
-    client.log_batch(run.info.run_id, metrics=metrics)  # MlflowClient splits it to the store's limits
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -295,7 +377,7 @@ def resolve_registered_model(
             f"model {uri!r} not found in the registry at {redact_uri(client._registry_uri)}: {exc.message}. "
             "List versions with `mlflow models` or the MLflow UI, and check MLFLOW_TRACKING_URI"
         ) from None
-    if version.tags.get(TAG_LOGGED_MODEL) or version.tags.get(TAG_MODEL_KIND):
+    if any(version.tags.get(key) for key in (TAG_RUN_ID, TAG_LOGGED_MODEL, TAG_MODEL_KIND)):
         raise ModelLoadError(
             f"model {uri!r} (version {version.version}) is a reference that llem-mlflow registered for "
             f"{version.tags.get(vt.TAG_MODEL)!r}; it holds no weights: benchmark `model: "

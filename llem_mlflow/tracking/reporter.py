@@ -27,9 +27,11 @@ from typing import Any
 from llem_mlflow import metrics_registry as registry
 from llem_mlflow.errors import LlemError, TrackingError
 from llem_mlflow.report import Report
+from llem_mlflow.tracking.datasets import log_prompt_dataset
 from llem_mlflow.tracking.run import writing
 
 MAX_ERROR_TAG = 5000
+REQUEST_TABLE = "requests.json"  # the request table again, logged with mlflow.log_table
 REQUEST_COLUMNS = [
     "trial", "request_index", "rank", "batch_index", "prompt_index", "input_tokens", "output_tokens",
     "ttft_ms", "tpot_ms", "e2e_ms", "batch_ms", "itl_ms_mean", "text",
@@ -154,7 +156,7 @@ def end_run(logger: Any, status: str) -> None:
 
 def log_report(logger: Any, report: Report) -> None:
     """The figures (headline first: the UI lists them in logging order), histories and artifacts."""
-    logger.log_metrics({name: report.metrics[name] for name in registry.display_order(report.metrics)})
+    logger.log_metrics(headline_first(report.metrics))
     if len(report.trial_metrics) > 1:
         now = int(time.time() * 1000)
         logger.log_metric_points(
@@ -169,6 +171,7 @@ def log_report(logger: Any, report: Report) -> None:
     if report.histories:
         logger.log_history(report.histories)
     logger.log_json({**report.resolved, "environment": with_mlflow_version(report.resolved.get("environment"))}, "config/resolved.json")
+    log_prompt_dataset(logger, report.config, report.prompts)
     log_common_artifacts(logger, report, with_results=False)
     with writing(report.workdir / "latency.png"):
         plot = plot_latency(report.records, report.workdir / "latency.png")
@@ -181,9 +184,15 @@ def log_report(logger: Any, report: Report) -> None:
     logger.log_json(report.results(), "results.json")  # last: "complete" only once everything else is stored
 
 
+def headline_first(metrics: dict[str, float]) -> dict[str, float]:
+    """The UI lists a run's metrics, and its compare page picks its first axis, in logging order."""
+    return {name: metrics[name] for name in registry.display_order(metrics)}
+
+
 def log_common_artifacts(logger: Any, report: Report, with_results: bool = True) -> None:
     """results.json (first: after a failure it replaces an earlier one at once; if even that cannot be
-    stored, RunLogger removes the earlier one), requests.csv, the energy files and the report's texts."""
+    stored, RunLogger removes the earlier one), the request table (requests.csv and the MLflow table
+    requests.json), the energy files and the report's texts."""
     if with_results:
         logger.log_json(report.results(), "results.json")
     for path, text in report.texts.items():
@@ -193,6 +202,7 @@ def log_common_artifacts(logger: Any, report: Report, with_results: bool = True)
         with writing(path):  # the workdir is in the temp folder: a full disk there names the file
             write_request_table(report.records, path)
         logger.log_artifact(path)
+        log_request_table(logger, report.records)
     if report.energy is not None:
         from llem_mlflow.energy.artifacts import write_energy_artifacts
 
@@ -208,9 +218,10 @@ def log_failure(logger: Any, report: Report | None, status: str, message: str, d
     """Each step on its own: the tracking store itself may be what fails; the run is ended regardless."""
     steps: list[Callable[[], Any]] = []
     if report is not None:
-        steps.append(lambda: logger.log_metrics(report.metrics))
+        steps.append(lambda: logger.log_metrics(headline_first(report.metrics)))
         steps.append(lambda: logger.set_tags(report.tags))
         steps.append(lambda: log_common_artifacts(logger, report))
+        steps.append(lambda: log_prompt_dataset(logger, report.config, report.prompts))
     steps.append(lambda: logger.set_tags({"llem.error": message[:MAX_ERROR_TAG], "llem.status": status.lower()}))
     steps.append(lambda: logger.log_text(message + ("\n\n" + detail if detail else "") + "\n", "error.txt"))
     for step in steps:
@@ -227,19 +238,37 @@ def with_mlflow_version(environment: dict[str, Any] | None) -> dict[str, Any]:
     return {**(environment or {}), "mlflow": mlflow.__version__}
 
 
+def request_rows(records: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The table's columns and one row per request (the list of ITL gaps becomes its mean)."""
+    columns = getattr(records[0], "TABLE_COLUMNS", REQUEST_COLUMNS)  # online records name their own
+    rows = []
+    for r in records:
+        row = asdict(r)
+        itl = row.pop("itl_ms")
+        row["itl_ms_mean"] = sum(itl) / len(itl) if itl else None
+        row["tpot_ms"] = r.tpot_ms
+        rows.append({c: row.get(c) for c in columns})
+    return columns, rows
+
+
 def write_request_table(records: list[Any], path: Path) -> None:
     import csv
 
-    columns = getattr(records[0], "TABLE_COLUMNS", REQUEST_COLUMNS)  # online records name their own
+    columns, rows = request_rows(records)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for r in records:
-            row = asdict(r)
-            itl = row.pop("itl_ms")
-            row["itl_ms_mean"] = sum(itl) / len(itl) if itl else None
-            row["tpot_ms"] = r.tpot_ms
-            writer.writerow({c: row.get(c) for c in columns})
+        writer.writerows(rows)
+
+
+def log_request_table(logger: Any, records: list[Any]) -> None:
+    """The rows as an MLflow table: the UI's artifact view shows it as a table, and
+    mlflow.load_table("requests.json", run_ids=[...]) reads it back for any set of runs.
+    MLflow appends to a table that exists, so a failure after the end logs it only once."""
+    if any(item.path == REQUEST_TABLE for item in logger.client.list_artifacts(logger.run_id)):
+        return
+    columns, rows = request_rows(records)
+    logger.client.log_table(logger.run_id, data={c: [row[c] for row in rows] for c in columns}, artifact_file=REQUEST_TABLE)
 
 
 def plot_latency(records: list[Any], path: Path) -> Path | None:
@@ -248,6 +277,7 @@ def plot_latency(records: list[Any], path: Path) -> Path | None:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     trials = sorted({r.trial for r in records})
     ttft = [[r.ttft_ms for r in records if r.trial == t and r.ttft_ms is not None] for t in trials]
@@ -267,6 +297,7 @@ def plot_latency(records: list[Any], path: Path) -> Path | None:
     axes[1].set_xlabel("ms")
     for ax in axes:
         ax.set_ylabel("requests")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 requests
         if len(trials) > 1 and ax.has_data():
             ax.legend()
     figure.tight_layout()
@@ -278,6 +309,7 @@ def plot_load_timeline(report: Report, path: Path) -> Path:
     """Requests in flight and waiting over time (scenario: online), GPU power beside them, steady window shaded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     histories = report.histories
     t0 = histories["timeline/requests_in_flight"][0][0]
@@ -296,6 +328,7 @@ def plot_load_timeline(report: Report, path: Path) -> Path:
         axes.axvspan(seconds(window[0]), seconds(window[1]), color="tab:green", alpha=0.15, label="steady window")
     axes.set_xlabel("time since the first arrival (s)")
     axes.set_ylabel("requests")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     end = histories["timeline/requests_in_flight"][-1][0]
     samples = [s for s in (report.energy.samples if report.energy is not None else []) if t0 <= s.timestamp_ms <= end]
     if samples:

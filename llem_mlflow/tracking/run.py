@@ -190,14 +190,25 @@ class RunLogger:
         uri = shown_uri(self.client.tracking_uri)
         run = self.client.get_run(self.run_id)
         line = f"run_id: {self.run_id} (experiment {run.info.experiment_id}) at {uri}"
+        page = run_page(run.info.experiment_id, self.run_id)
         if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-            line += f"\nsee it with: mlflow ui --backend-store-uri {uri}"
+            line += f"\nsee it with: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000/{page})"
+        elif uri.startswith(("http://", "https://")):
+            line += f"\nsee it at: {uri.rstrip('/')}/{page}"
         return line
+
+
+def run_page(experiment_id: str, run_id: str) -> str:
+    """The UI's address of a run, in its classic "Model training" view: MLflow 3.17 picks the view
+    from this query parameter (else from a per-browser switch that starts on GenAI), not from the
+    experiment's kind tag."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def mark_experiment_kind(client: Any, experiment_id: str) -> None:
     """Tell the MLflow UI that this experiment holds classic runs (params, metrics, charts), so it
-    opens on the runs table rather than the GenAI traces view. A kind already set is kept."""
+    opens on the runs table rather than the GenAI traces view. A kind already set is kept.
+    (MLflow 3.17's UI follows its per-browser GenAI / Model training switch instead: run_page.)"""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment(experiment_id)

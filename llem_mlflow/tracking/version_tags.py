@@ -1,13 +1,17 @@
-"""The tags that say what a registered model version costs, keyed by hardware.
+"""Which run is a model's result on each kind of hardware: the hardware-keyed tag scheme.
 
-Key scheme (documented in docs/registry.md; tag-best reads exactly these):
+Set on the LoggedModel whose metrics hold the figures (registry.link_results):
 
-    llem.hw.<hw>.<group>.<name>   a headline metric `<group>/<name>` measured on <hw>
+    llem.hw.<hw>.run_id           the run whose figures are the result on <hw>
     llem.hw.<hw>.device_name      the device name as the run recorded it
     llem.hw.<hw>.device_count     the number of devices
-    llem.hw.<hw>.run_id           the run the figures come from
     llem.hw.<hw>.config_hash      that run's config hash
     llem.hw.<hw>.energy_quality   what that run's energy/total_j rests on, e.g. "CPU+RAM estimated"
+
+A version without a LoggedModel (and every version registered before the figures moved to
+the LoggedModel) carries the same keys as version tags, plus the headline figures:
+
+    llem.hw.<hw>.<group>.<name>   a headline metric `<group>/<name>` measured on <hw>
 
 <hw> is a slug of the device name plus the device count, e.g.
 "NVIDIA H100 80GB HBM3" x 1 -> `nvidia-h100-80gb-hbm3-x1`. It holds no ".",
@@ -28,7 +32,7 @@ from llem_mlflow import metrics_registry as registry
 
 HW_PREFIX = "llem.hw."
 
-# Headline metrics a version is tagged with (when the run measured them), with units.
+# Headline metrics a version without a LoggedModel is tagged with (when the run measured them), with units.
 HEADLINE_METRICS: dict[str, str] = {name: registry.unit(name) for name in registry.KEY}
 
 # Run tags of the run contract.
@@ -53,11 +57,6 @@ def name_slug(device_name: str) -> str:
 def metric_tag_suffix(metric: str) -> str:
     """`energy/j_per_output_token` -> `energy.j_per_output_token` (MLflow tag keys read better dotted)."""
     return metric.replace("/", ".")
-
-
-def headline_tag_key(metric: str) -> str:
-    """The unkeyed tag of the run that created the version: `llem.energy.j_per_output_token`."""
-    return f"llem.{metric_tag_suffix(metric)}"
 
 
 def hw_tag_key(slug: str, field_name: str) -> str:
@@ -85,8 +84,10 @@ class HardwareResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def results_tags(run_tags: dict[str, str], run_metrics: dict[str, float], run_id: str) -> dict[str, str]:
-    """The hardware-keyed tags for one run's results (headline metrics that were measured only)."""
+def hardware_tags(run_tags: dict[str, str], run_id: str) -> dict[str, str]:
+    """Which run is the result on its hardware: `llem.hw.<hw>.{device_name,device_count,run_id,config_hash,energy_quality}`.
+
+    Set on the LoggedModel whose metrics hold that run's figures (registry.link_results)."""
     slug = hardware_slug(*run_hardware(run_tags))
     tags = {
         hw_tag_key(slug, "device_name"): run_tags[TAG_DEVICE_NAME],
@@ -98,6 +99,13 @@ def results_tags(run_tags: dict[str, str], run_metrics: dict[str, float], run_id
     quality = registry.total_energy_note(run_tags)
     if quality:
         tags[hw_tag_key(slug, "energy_quality")] = quality
+    return tags
+
+
+def results_tags(run_tags: dict[str, str], run_metrics: dict[str, float], run_id: str) -> dict[str, str]:
+    """The hardware tags plus the headline figures as tags: the scheme for a version without a LoggedModel."""
+    tags = hardware_tags(run_tags, run_id)
+    slug = hardware_slug(*run_hardware(run_tags))
     for metric in HEADLINE_METRICS:
         value = run_metrics.get(metric)
         if value is not None and math.isfinite(value):
@@ -117,10 +125,10 @@ def run_hardware(run_tags: dict[str, str]) -> tuple[str, int]:
     return run_tags[TAG_DEVICE_NAME], count
 
 
-def parse_hardware_results(version_tags: dict[str, Any]) -> dict[str, HardwareResult]:
-    """Read `llem.hw.*` tags back into one HardwareResult per hardware slug."""
+def parse_hardware_results(tags: dict[str, Any]) -> dict[str, HardwareResult]:
+    """Read `llem.hw.*` tags (a LoggedModel's or a version's) back into one HardwareResult per hardware slug."""
     results: dict[str, HardwareResult] = {}
-    for key, raw in version_tags.items():
+    for key, raw in tags.items():
         if not key.startswith(HW_PREFIX):
             continue
         slug, _, field_name = key[len(HW_PREFIX) :].partition(".")
