@@ -149,7 +149,8 @@ def test_power_cap_and_thermal_slowdown_are_tagged(tmp_path):
 
 
 def test_a_co_tenant_appearing_mid_window_is_named(tmp_path):
-    board = Gpu("H100", events=(CoTenant(pid=4242, watts=90.0, after="busy", at_s=0.2),))
+    # warmup off: generate() call 1 is the cold start, call 2 the first measured batch
+    board = Gpu("H100", events=(CoTenant(pid=4242, watts=90.0, after="generate 2", at_s=0.05),))
     m, tags, _ = run_on(Scenario([board], forward_s=0.02).build(), tmp_path, warmup={"enabled": False})
     assert "4242" in tags["llem.warning.other_processes"]
     assert "includes their work" in tags["llem.warning.other_processes"]
@@ -157,7 +158,7 @@ def test_a_co_tenant_appearing_mid_window_is_named(tmp_path):
 
 
 def test_a_counter_reset_mid_window_falls_back_to_the_power_integral(tmp_path):
-    board = Gpu("H100", events=(CounterReset(after="busy", at_s=0.1),))
+    board = Gpu("H100", events=(CounterReset(after="generate 2", at_s=0.05),))  # inside the measured window
     m, tags, _ = run_on(Scenario([board], forward_s=0.03).build(), tmp_path, warmup={"enabled": False})
     assert "went back by" in tags.get("llem.warning.counter_reset", ""), tags
     assert tags["llem.energy.gpu_method"] == "nvml_power_integral"

@@ -34,7 +34,6 @@ AVERAGE_WINDOW_S = 1.0
 
 # NVML clocks-event reason bits (nvml.h)
 GPU_IDLE, SW_POWER_CAP, HW_SLOWDOWN, SW_THERMAL, HW_THERMAL = 0x01, 0x04, 0x08, 0x20, 0x40
-MILESTONES = ("start", "resident", "busy")
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,7 @@ class SimulatedGpu:
         self.resident = False
         self.resident_bytes = 0
         self._activity: str | None = None  # "prefill" | "decode" while the model runs on this board
+        self._generates = 0  # generate() calls seen (each starts with a prefill forward)
         self._t = -SETTLE_S
         self._power = spec.idle_w
         self._temperature = spec.ambient_c + spec.c_per_w * spec.idle_w
@@ -124,6 +124,9 @@ class SimulatedGpu:
             self._advance(self.now_s())
             if kind is not None:
                 self.milestones.setdefault("busy", self._t)
+            if kind == "prefill":
+                self._generates += 1
+                self.milestones[f"generate {self._generates}"] = self._t
             self._activity = kind
 
     def set_resident(self, model_bytes: int) -> None:

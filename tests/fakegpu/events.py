@@ -1,7 +1,10 @@
 """What happens to a board during a scenario, declared up front.
 
 Times are seconds of simulated time after a milestone of the board: "start" (the scenario was
-built), "resident" (the model's weights landed on it) or "busy" (the model first ran on it).
+built), "resident" (the model's weights landed on it), "busy" (the model first ran on it) or
+"generate N" (the N-th generate() call began on it: its prefill forward). The run's generate()
+calls come in a fixed order (first_generate, then warmup, then the measured batches), so
+"generate N" places an event inside a chosen phase whatever the machine's speed.
 """
 
 from __future__ import annotations
