@@ -76,7 +76,7 @@ def test_a_quiet_window_has_no_warning():
     if background.others_pct > MAX_OTHERS_CPU_PCT / 2:
         pytest.skip(f"this machine is busy ({background.others_pct:.0f}% of its CPU used by others): cannot be quiet")
     cfg = ExperimentConfig(model="random:tiny", energy={"gpu": "off", "codecarbon": False, "rapl": False})
-    monitor = EnergyMonitor(cfg, lambda: None)
+    monitor = EnergyMonitor(cfg)
     monitor.begin("measure")
     end = time.monotonic() + 1.0
     while time.monotonic() < end:

@@ -21,14 +21,12 @@ from llem_mlflow.launch import launch
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """A GPU this machine lacks, behind pynvml's interface (as in test_reliability_faults.py)."""
-    from llem_mlflow.energy import monitor as monitor_module
+    """A GPU this machine lacks, behind pynvml's interface (as in test_reliability_faults.py): (board, hardware)."""
+    from fakegpu import FakeHardware
 
     gpu = FakeGpu(power_w=60.0)
-    real_open_nvml = monitor_module.open_nvml
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(monitor_module, "open_nvml", lambda lib=None: real_open_nvml(FakeNvml([gpu])))
-    return gpu
+    return gpu, FakeHardware(FakeNvml([gpu]))  # the model's weights are on its cuda:0
 
 
 @pytest.fixture
@@ -78,7 +76,7 @@ def test_machine_scope_is_passed_to_codecarbon(mlflow_store, tmp_path, no_rapl):
 
 def test_gpu_measured_and_host_estimated_is_mixed(mlflow_store, tmp_path, capsys, fake_gpu, no_rapl):
     cfg = write_config(tmp_path / "exp.yaml", energy={"codecarbon": True, "sample_interval_ms": 50})
-    assert launch(str(cfg), quiet=False) == 0
+    assert launch(str(cfg), quiet=False, hardware=fake_gpu[1]) == 0
     out = capsys.readouterr().out
     m, tags = only_run().data.metrics, only_run().data.tags
     assert tags["llem.energy.gpu_quality"] == "measured"
@@ -112,13 +110,15 @@ def test_readable_rapl_replaces_codecarbons_cpu_and_ram(mlflow_store, tmp_path, 
 def test_trials_with_different_sources_are_not_averaged(mlflow_store, tmp_path, capsys, monkeypatch, fake_gpu, no_rapl):
     """Issue 11, item 1: NVML fails in trial 2 (the GPU is lost); trial 1 had gpu+cpu+ram, trial 2 cpu+ram."""
 
+    gpu, hardware = fake_gpu
+
     def gpu_lost() -> None:
         for name in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetFieldValues"):
-            fake_gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
+            gpu.fail[name] = NVML_ERROR_GPU_IS_LOST
 
     before_batch(monkeypatch, 2 + 2 + 1, gpu_lost)  # first generate() + warmup, trial 1's 2 batches, trial 2's first
     cfg = write_config(tmp_path / "exp.yaml", n_trials=2, energy={"codecarbon": True, "sample_interval_ms": 50})
-    assert launch(str(cfg), quiet=False) == 0
+    assert launch(str(cfg), quiet=False, hardware=hardware) == 0
     out = capsys.readouterr().out
     run = only_run()
     m, tags = run.data.metrics, run.data.tags

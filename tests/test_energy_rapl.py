@@ -130,7 +130,7 @@ def test_this_machine(capsys):
 
 def monitor_for(tmp_path, rapl_root, codecarbon=True):
     cfg = ExperimentConfig(model="random:tiny", energy={"gpu": "off", "codecarbon": codecarbon})
-    return EnergyMonitor(cfg, lambda: None, workdir=tmp_path / "work", rapl_root=rapl_root)
+    return EnergyMonitor(cfg, workdir=tmp_path / "work", rapl_root=rapl_root)
 
 
 def test_readable_rapl_is_the_measured_cpu_and_ram_source(tmp_path):
@@ -188,7 +188,7 @@ def test_rapl_failing_mid_run_leaves_the_window_to_codecarbon_with_the_reason(tm
 def test_rapl_off_in_the_config_is_never_read(tmp_path):
     FakeRapl(tmp_path / "powercap")
     cfg = ExperimentConfig(model="random:tiny", energy={"gpu": "off", "codecarbon": False, "rapl": False})
-    monitor = EnergyMonitor(cfg, lambda: None, rapl_root=tmp_path / "powercap")
+    monitor = EnergyMonitor(cfg, rapl_root=tmp_path / "powercap")
     monitor.begin("measure")
     measured = monitor.end("measure")
     monitor.close()
