@@ -311,7 +311,7 @@ def test_docs_example_config_is_valid(tmp_path):
 
 
 def test_docs_error_message_is_what_validate_prints(tmp_path, monkeypatch):
-    bad = doc_blocks("yaml")[1]
+    bad = doc_blocks("yaml")[-1]  # the last yaml block: the one the message below it comes from
     documented = doc_blocks("text")[0]
     monkeypatch.chdir(tmp_path)
     write(tmp_path, bad, "bad-config.yaml")

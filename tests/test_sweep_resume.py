@@ -195,7 +195,7 @@ def test_summary_shows_the_best_points_interval_and_energy_quality(client, study
     rows = summarise(client, study, parent, exp, echo=said.append)
     assert rows[0]["energy_quality"] == "CPU+RAM estimated" and rows[1]["energy_quality"] == ""
     assert f"best energy/j_per_output_token: {p[0].name} (2.000 J/token, 95% CI 1.500..2.700, CPU+RAM estimated)" in said
-    assert f"best throughput/output_tokens_per_s: {p[1].name} (20 tokens/s)" in said  # one trial: no interval
+    assert f"best throughput/output_tokens_per_s: {p[1].name} (20.00 tokens/s)" in said  # one trial: no interval
     metrics = client.get_run(parent).data.metrics
     assert metrics["best/energy/j_per_output_token_ci95_low"] == 1.5 and metrics["best/energy/j_per_output_token_ci95_high"] == 2.7
     assert "best/throughput/output_tokens_per_s_ci95_low" not in metrics
