@@ -166,7 +166,8 @@ def test_the_local_executor_never_imports_ray():
 
 def test_child_env_drops_the_parent_run_and_orders_gpus_by_pci_bus():
     env = child_env({"MLFLOW_RUN_ID": "p", "MLFLOW_EXPERIMENT_ID": "1", "PATH": "/bin"})
-    assert env == {"PATH": "/bin", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    # PCI order, and the point's process stops (its run KILLED) if the sweep or Ray task that started it dies
+    assert env == {"PATH": "/bin", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "LLEM_STOP_WITH_PARENT": "1"}
     assert child_env({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"})["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"  # the user's choice
     forced = child_env({"CUDA_DEVICE_ORDER": "FASTEST_FIRST", "CUDA_VISIBLE_DEVICES": "0,1,2,3"},
                        {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "2"})  # fmt: skip

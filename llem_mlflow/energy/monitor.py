@@ -426,7 +426,8 @@ class EnergyMonitor:
                 reading.gpu = self._gpu.end()
             except NvmlError as exc:
                 reading.gpu_reason = str(exc)
-        reading.duration_s = reading.gpu.duration_s if reading.gpu else time.monotonic() - start_s
+        end_s = time.monotonic()  # the GPU edge: samples after it (CodeCarbon's stop, on a busy host) are not this window's
+        reading.duration_s = reading.gpu.duration_s if reading.gpu else end_s - start_s
         reading.end_ms = now_ms()
         if phase.startswith(CHECKED_PHASES) and self._cpu_at_begin is not None:
             reading.cpu_load = contention.cpu_load(self._cpu_at_begin, contention.snapshot())
@@ -452,7 +453,7 @@ class EnergyMonitor:
             reading.warnings = self._window_warnings(reading, start_s)
         self._readings[phase] = reading
         self._phases[phase] = (start_ms, reading.end_ms)
-        self._windows_s[phase] = (start_s, time.monotonic())
+        self._windows_s[phase] = (start_s, end_s)
         return reading
 
     def _subtract_idle(self, reading: PhaseEnergy) -> None:
