@@ -232,7 +232,7 @@ def test_a_server_that_never_answers_times_out_in_seconds(tmp_path, monkeypatch,
 
 
 @pytest.mark.slow
-def test_credentials_in_the_uri_and_secret_overrides_are_never_shown_or_stored(tmp_path, monkeypatch, capsys, project_copy):
+def test_credentials_in_the_uri_and_secret_overrides_are_never_shown_or_stored(tmp_path, monkeypatch, capfd, project_copy):
     """A login server reached with `http://user:password@host`, and a token passed as an override: the
     password and the token appear in no param, tag or artifact, and in none of the lines printed by
     llem-mlflow or by `mlflow run` (its "View run" and "Running command" lines included)."""
@@ -254,9 +254,10 @@ def test_credentials_in_the_uri_and_secret_overrides_are_never_shown_or_stored(t
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         client = _client(uri)
 
-        # llem-mlflow run, in-process: every line it and MLflow print (MLflow's "View run" line too).
+        # llem-mlflow run, in-process: every line it and MLflow print, from both of its processes
+        # (capfd: the reporter process prints the run line and MLflow's "View run" line).
         assert launch(str(cfg), quiet=False, run_name="direct") == EXIT_OK
-        out, err = capsys.readouterr()
+        out, err = capfd.readouterr()
         assert f"at http://<redacted>@127.0.0.1:{port}" in out
         assert password not in out + err
 
