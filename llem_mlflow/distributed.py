@@ -75,7 +75,7 @@ class WorkerFailed(LlemError):
 
 
 class TeamBroken(RuntimeError):
-    """A barrier failed: another rank left (died, or was stopped)."""
+    """A barrier or an agreement failed: another rank left (died, or was stopped)."""
 
 
 # --- the process group ---------------------------------------------------------------------------
@@ -111,14 +111,25 @@ class Team:
         self._group = dist.ProcessGroupGloo(dist.PrefixStore("llem", self._store), self.rank, self.size, options)
 
     def barrier(self) -> None:
+        self._wait(self._group.barrier(), "a barrier")
+
+    def all(self, value: bool) -> bool:
+        """True when every rank's value is true (and every rank gets the same answer)."""
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(value)], dtype=torch.int32)
+        self._wait(self._group.allreduce([flag], dist.ReduceOp.MIN), "agreeing with the other processes")
+        return bool(flag.item())
+
+    def _wait(self, work: Any, what: str) -> None:
         try:
-            work = self._group.barrier()
             while not work.is_completed():  # polled, not waited on: Ctrl-C or a worker's failure gets through
                 self._check()
                 time.sleep(BARRIER_POLL_S)
             work.wait()
         except RuntimeError as exc:
-            raise TeamBroken(f"a barrier with the other processes failed (one of them left): {exc}") from exc
+            raise TeamBroken(f"{what} failed (one of the other processes left): {exc}") from exc
 
     def leave(self) -> None:
         if self._listen_fd is not None:
@@ -145,6 +156,9 @@ class RankMeasurement(Measurement):
 
     def edge(self, phase: str, when: str) -> None:
         self.team.barrier()
+
+    def agree(self, done: bool) -> bool:
+        return self.team.all(done)
 
     def prepare(self, loaded: LoadedModel) -> tuple[Generator, list[Batch]]:
         generator, batches = super().prepare(loaded)
@@ -330,7 +344,7 @@ def worker_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """A worker's config: no meters (rank 0 measures every GPU and the host once)."""
     return cfg.model_copy(
         update={
-            "energy": cfg.energy.model_copy(update={"gpu": "off", "codecarbon": False}),
+            "energy": cfg.energy.model_copy(update={"gpu": "off", "codecarbon": False, "rapl": False}),
             "baseline": cfg.baseline.model_copy(update={"enabled": False}),
             "cooldown": cfg.cooldown.model_copy(update={"enabled": False}),
         }

@@ -212,7 +212,7 @@ class Measurement:
         records: list[RequestRecord] = []
         ran: list[Batch] = []  # the batches the window ran, in order, every pass: what its prefill-only pass repeats
         min_s = self.min_duration_s()
-        requests_per_pass = sum(len(b.request_indices) for b in batches)
+        requests_per_pass = self.cfg.dataset.n  # every rank's requests of a pass (data parallel: not only these batches)
         passes = 0
         self.listener.before_window()
         with self.phase(phase, trial=True) as window:
@@ -230,7 +230,7 @@ class Measurement:
                         self.report.records.extend(done)  # batch by batch: what a failure keeps
                         advance()
                 passes += 1
-                if time.perf_counter() - start >= min_s:
+                if self.agree(time.perf_counter() - start >= min_s):  # data parallel: every rank stops after the same pass
                     break
         gathered = self.collect(records)  # data parallel: every rank's requests of this trial, on rank 0
         if gathered is not records:
@@ -453,6 +453,10 @@ class Measurement:
         """Called at each phase edge, inside the energy window: "begin" before the clock starts, "end"
         before it stops. Data-parallel ranks wait for each other here, so every rank's phase is one
         window that ends with the slowest rank."""
+
+    def agree(self, done: bool) -> bool:
+        """Whether a measured window has run long enough: with data parallel, only when every rank says so."""
+        return done
 
     def collect(self, records: list[RequestRecord]) -> list[RequestRecord]:
         """The requests of a measured window, once its phase ended: every rank's, on rank 0."""

@@ -50,6 +50,12 @@ def test_each_process_on_its_own_device_is_accepted(device_map):
     assert PyTorchConfig(num_processes=2, device_map=device_map).num_processes == 2
 
 
+def test_the_online_scenario_runs_in_one_process():
+    with pytest.raises(ValidationError, match=r"pytorch.num_processes \(one manager serves the arrival schedule, in one process\)"):
+        ExperimentConfig(model="random:tiny", scenario="online", online={"request_rate": 2, "n_requests": 8},
+                         pytorch={"num_processes": 2})  # fmt: skip
+
+
 def test_every_process_needs_a_batch():
     with pytest.raises(ValidationError, match=r"num_processes \(3\) exceeds the number of batches \(2 = dataset.n 3 / batch_size 2\)"):
         ExperimentConfig(model="random:tiny", dataset={"n": 3}, pytorch={"batch_size": 2, "num_processes": 3})
@@ -85,7 +91,8 @@ def test_a_data_parallel_config_needs_the_lead():
 def test_workers_measure_nothing_and_see_only_their_own_gpu(monkeypatch):
     cfg = ExperimentConfig(model="random:tiny", pytorch={"num_processes": 2}, energy={"gpu": "nvml"}, cooldown={"enabled": True})
     worker = worker_config(cfg)
-    assert (worker.energy.gpu, worker.energy.codecarbon, worker.baseline.enabled, worker.cooldown.enabled) == ("off", False, False, False)
+    assert (worker.energy.gpu, worker.energy.codecarbon, worker.energy.rapl) == ("off", False, False)
+    assert (worker.baseline.enabled, worker.cooldown.enabled) == (False, False)
     assert worker.pytorch == cfg.pytorch  # the model is placed as in one process: on the one GPU it sees
     lead = LeadMeasurement(cfg)
     try:
@@ -235,15 +242,21 @@ def test_gpu_energy_is_summed_over_every_rank_gpu(mlflow_store, tmp_path, monkey
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     hardware = FakeHardware(FakeNvml(two_gpus()), model_on=[0])  # 100 W and 200 W
-    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 4}, measure={"prefill_split": True}, **PARALLEL)
+    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 4}, measure={"prefill_split": True, "min_duration_s": 1.5}, **PARALLEL)
     assert launch(str(cfg), quiet=True, hardware=hardware) == EXIT_OK
     run = only_run()
     m, tags = run.data.metrics, run.data.tags
     assert m["energy/gpu_j"] == pytest.approx(m["energy/gpu0_j"] + m["energy/gpu1_j"], rel=1e-9)
     assert m["energy/gpu1_j"] / m["energy/gpu0_j"] == pytest.approx(2.0, rel=0.1)  # the same window on both
-    assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / (4 * 8), rel=1e-6)
+    # min_duration_s repeats the prompt set: every rank stops after the same pass, indices stay unique.
+    passes = int(m["measure/passes"])
+    rows = list(csv.DictReader(io.StringIO(artifact_text(run.info.run_id, "requests.csv"))))
+    assert [sum(r["rank"] == rank for r in rows) for rank in ("0", "1")] == [2 * passes, 2 * passes]
+    assert sorted(int(r["request_index"]) for r in rows) == list(range(4 * passes))
+    assert m["tokens/output_total"] == 4 * 8 * passes
+    assert m["energy/j_per_output_token"] == pytest.approx(m["energy/total_j"] / m["tokens/output_total"], rel=1e-6)
     # The prefill-only pass too: every rank's requests, rank 0's meters over both GPUs.
-    assert m["tokens/decode_total"] == 4 * 7 and m["energy/prefill_j"] > 0
+    assert m["tokens/decode_total"] == 4 * 7 * passes and m["energy/prefill_j"] > 0
     assert "latency/prefill_ms_p50" in m
     assert tags["llem.gpu.indices"] == "0,1"
     assert "llem.warning.gpu_mismatch" not in tags and "llem.warning.other_processes" not in tags

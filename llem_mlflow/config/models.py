@@ -294,6 +294,7 @@ _NOT_FOR_ONLINE: tuple[tuple[str, Any, str], ...] = (
     ("decoder.repetition_penalty", lambda c: c.decoder.repetition_penalty != 1.0, "its logits processors drop it"),
     ("decoder.min_p", lambda c: c.decoder.min_p is not None, "transformers does not declare it supported"),
     ("measure.prefill_split", lambda c: c.measure.prefill_split, "its prefill-only pass repeats fixed batches"),
+    ("pytorch.num_processes", lambda c: (c.pytorch.num_processes or 1) > 1, "one manager serves the arrival schedule, in one process"),
     (
         "measure.min_duration_s",
         lambda c: c.measure.min_duration_s is not None,
