@@ -19,8 +19,8 @@ Faults: each worker says on its pipe when it is ready, done, or failed (with its
 requests it finished); a worker that dies without a word closes the pipe. The lead's watcher
 thread then interrupts the lead's main thread (SIGUSR1 raises WorkerFailed there); the lead
 stops the other workers (SIGTERM, then SIGKILL), keeps what finished and ends the run FAILED
-with the worker's error. Workers die with the lead (PR_SET_PDEATHSIG) and ignore Ctrl-C: the
-lead decides how the run ends.
+with the worker's error. Workers die with the lead (llem_mlflow/lifeline.py) and ignore
+Ctrl-C: the lead decides how the run ends.
 """
 
 from __future__ import annotations
@@ -589,13 +589,13 @@ def _stop_requested(signum: int, frame: Any) -> None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Linux: the kernel kills this worker when the lead dies, however it dies."""
-    import ctypes
+    """This worker is killed when the lead dies, however it dies (lifeline: PR_SET_PDEATHSIG on Linux,
+    a watcher thread elsewhere)."""
+    from llem_mlflow.lifeline import stop_with_parent
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the lead died before we asked
+    if os.getppid() != parent_pid:  # the lead died before we could ask
         os._exit(EXIT_FAULT)
+    stop_with_parent(signal.SIGKILL)
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str | None, int]:
