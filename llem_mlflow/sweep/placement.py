@@ -52,14 +52,14 @@ class Span:
 def gpu_uuids(cuda_visible_devices: str, lib: Any | None = None) -> str:
     """The UUIDs of the GPUs an id list names (NVML, PCI order), or 'unavailable: why'."""
     from llem_mlflow.energy.devices import resolve_entry, visible_entries
-    from llem_mlflow.energy.nvml import NvmlError, all_uuids, open_nvml
+    from llem_mlflow.energy.nvml import NvmlError, open_nvml, read_boards
 
     try:
         nvml = open_nvml(lib)
     except NvmlError as exc:
         return f"unavailable: {exc}"
     try:
-        uuids = all_uuids(nvml)
+        uuids = [board.uuid for board in read_boards(nvml)]  # NVML (PCI) order
         found = []
         for entry in visible_entries(cuda_visible_devices, len(uuids)):
             index, why = resolve_entry(entry, uuids)
