@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from llem_mlflow.config.loader import load_config
 from llem_mlflow.config.params import config_from_params, config_to_params
+from llem_mlflow.tracking.reporter import REQUEST_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,7 @@ def test_llem_run_outside_mlflow_run(mlflow_store, tmp_path):
     assert dataset.name == "builtin-prompts" and json.loads(dataset.profile)["num_rows"] == 6
     assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [{"path": "requests.json", "type": "table"}]
     table = artifact_json(run.info.run_id, "requests.json")
-    assert table["columns"][:3] == ["request_index", "batch_index", "prompt_index"] and len(table["data"]) == 6
+    assert table["columns"] == REQUEST_COLUMNS and len(table["data"]) == 6
 
 
 def test_mlflow_run_names_the_run_after_the_config_and_logs_no_empty_param(mlflow_store, project_copy, tmp_path):
