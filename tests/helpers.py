@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Any
 
 
+# A tiny online-scenario config (random:tiny on the CPU); tests add their own `online:` section.
+ONLINE_BASE: dict[str, Any] = {
+    "model": "random:tiny",
+    "scenario": "online",
+    "max_input_tokens": 32,
+    "max_output_tokens": 8,
+    "dataset": {"n": 4},
+    "decoder": {"preset": "deterministic"},
+    "warmup": {"n_batches": 2},
+    "baseline": {"enabled": False},
+    "energy": {"codecarbon": False},
+}
+
+
 def write_config(path: Path, **sections: object) -> Path:
     """Write a tiny, fast experiment config (random:tiny, CPU) with overrides merged in."""
     import yaml

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from fake_nvml import FakeGpu, FakeNvml
 from fakegpu import FakeHardware
+from helpers import ONLINE_BASE
 
 from llem_mlflow.bench.arrivals import arrival_offsets
 from llem_mlflow.bench.steady import (
@@ -25,17 +26,7 @@ from llem_mlflow.config.params import config_from_params, config_to_params
 from llem_mlflow.energy.readings import GpuSample
 from llem_mlflow.energy.subwindow import counter_energy_j, power_energy_j
 
-ONLINE = {
-    "model": "random:tiny",
-    "scenario": "online",
-    "max_input_tokens": 32,
-    "max_output_tokens": 8,
-    "dataset": {"n": 4},
-    "decoder": {"preset": "deterministic"},
-    "warmup": {"n_batches": 2},
-    "baseline": {"enabled": False},
-    "energy": {"codecarbon": False},
-}
+ONLINE = ONLINE_BASE
 
 
 def online_config(**online) -> ExperimentConfig:

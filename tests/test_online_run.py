@@ -9,24 +9,14 @@ import json
 
 import pytest
 import yaml
-from helpers import all_runs, artifact_paths, artifact_text, invoke_cli, only_run
+from helpers import ONLINE_BASE, all_runs, artifact_paths, artifact_text, invoke_cli, only_run
 from mlflow import MlflowClient
 from mlflow_server import contract_run
 
 from llem_mlflow.launch import launch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BASE = {
-    "model": "random:tiny",
-    "scenario": "online",
-    "max_input_tokens": 32,
-    "max_output_tokens": 8,
-    "dataset": {"n": 4},
-    "decoder": {"preset": "deterministic"},
-    "warmup": {"n_batches": 2},
-    "baseline": {"enabled": False},
-    "energy": {"codecarbon": False},
-}
+BASE = ONLINE_BASE
 
 
 def write(path, extra=None, **online):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import artifact_bytes, artifact_json, artifact_paths, artifact_text, write_config
@@ -134,13 +135,19 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
 
 
-@pytest.mark.slow
-def test_basic_auth_server_needs_credentials(tmp_path, monkeypatch, capsys):
-    directory, password = tmp_path / "auth-server", "llem-Test-pw-7"
+def basic_auth_setup(tmp_path: Path, admin_password: str) -> tuple[Path, dict[str, str]]:
+    """A folder with the basic-auth app's ini (its own user db) and the server environment that reads it."""
+    directory = tmp_path / "auth-server"
     directory.mkdir()
     ini = directory / "auth.ini"
-    ini.write_text(AUTH_INI.format(db=directory / "auth.db", password=password))
-    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "llem-tests"}
+    ini.write_text(AUTH_INI.format(db=directory / "auth.db", password=admin_password))
+    return directory, {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "llem-tests"}
+
+
+@pytest.mark.slow
+def test_basic_auth_server_needs_credentials(tmp_path, monkeypatch, capsys):
+    password = "llem-Test-pw-7"
+    directory, server_env = basic_auth_setup(tmp_path, password)
     cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False})
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):
@@ -238,11 +245,8 @@ def test_credentials_in_the_uri_and_secret_overrides_are_never_shown_or_stored(t
     llem-mlflow or by `mlflow run` (its "View run" and "Running command" lines included)."""
     from urllib.parse import urlparse
 
-    directory, password, token = tmp_path / "auth-server", "llem-Uri-pw-9", "sekrit-override-token-3"
-    directory.mkdir()
-    ini = directory / "auth.ini"
-    ini.write_text(AUTH_INI.format(db=directory / "auth.db", password=password))
-    server_env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "llem-tests"}
+    password, token = "llem-Uri-pw-9", "sekrit-override-token-3"
+    directory, server_env = basic_auth_setup(tmp_path, password)
     cfg = write_config(tmp_path / "exp.yaml", warmup={"enabled": False})
     monkeypatch.chdir(tmp_path)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID",

@@ -38,7 +38,6 @@ HEADLINE_METRICS: dict[str, str] = {name: registry.unit(name) for name in regist
 # Run tags of the run contract.
 TAG_MODEL = "llem.model"
 TAG_CONFIG_HASH = "llem.config_hash"
-TAG_DEVICE_TYPE = "llem.device.type"
 TAG_DEVICE_NAME = "llem.device.name"
 TAG_DEVICE_COUNT = "llem.device.count"
 
