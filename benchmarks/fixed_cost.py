@@ -15,6 +15,10 @@ over all processes of the command at one moment (llem's includes its MLflow repo
 Prints the medians, `ratio wall llem/bare: X.XX` (target <= 1.3), the RSS ratios
 (target <= 1.2), and each phase's share of the llem command's wall time (startup =
 imports and config before the first phase; report = after the last phase).
+
+`--peer "COMMAND"` adds a peer tool's whole command (a shell line, its own config set to the
+same model folder, prompts and batches: `{model_dir}` in it is replaced by the model's folder),
+run interleaved with the others, and prints `ratio wall llem/peer` (target <= 1.0).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "examples" / "quickstart.yaml"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer", default=None, help="a peer tool's command line ({model_dir}: the model's folder)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="llem-fixed-cost-"))
@@ -64,14 +69,17 @@ def main() -> None:
         from mlflow import MlflowClient
 
         MlflowClient(uri).search_experiments()  # create and migrate the store once
-        bare, llem, shares = [], [], []
+        bare, llem, peer, shares = [], [], [], []
+        model_dir = json.loads(spec_path.read_text())["model_dir"]
         for repeat in range(args.repeats):
             bare.append(run_child([sys.executable, "-c", BARE, str(spec_path)], work))
+            if args.peer:
+                peer.append(run_child(["bash", "-c", args.peer.replace("{model_dir}", model_dir)], work))
             command = [sys.executable, "-m", "llem_mlflow", "run", args.config, "--quiet", "-o", "energy.codecarbon=false",
                        "--run-name", f"fixed-cost-{repeat}"]  # fmt: skip
             llem.append(run_child(command, work, {"MLFLOW_TRACKING_URI": uri}))
             shares.append(phase_shares(uri, f"fixed-cost-{repeat}", llem[-1][0]))
-            print(f"repeat {repeat + 1}: bare {fmt(bare[-1])} | llem {fmt(llem[-1])}")
+            print(f"repeat {repeat + 1}: bare {fmt(bare[-1])} | llem {fmt(llem[-1])}" + (f" | peer {fmt(peer[-1])}" if peer else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = statistics.median
@@ -81,6 +89,11 @@ def main() -> None:
     print(f"ratio wall llem/bare: {m[0] / b[0]:.2f}   (target <= 1.3)")
     print(f"ratio peak_rss llem/bare: {m[1] / b[1]:.2f}   (measuring process; target <= 1.2)")
     print(f"ratio tree_rss llem/bare: {m[2] / b[2]:.2f}   (all processes of the command)")
+    if peer:
+        p = [med(x[i] for x in peer) for i in range(3)]
+        print(f"peer command:    {fmt(p)}")
+        print(f"ratio wall llem/peer: {m[0] / p[0]:.2f}   (target <= 1.0)")
+        print(f"ratio peak_rss llem/peer: {m[1] / p[1]:.2f}   ratio tree_rss llem/peer: {m[2] / p[2]:.2f}")
     print("share of the llem command's wall time (median over repeats):")
     for phase in shares[0]:
         print(f"  {phase:<12} {med(s[phase] for s in shares):6.1%}")

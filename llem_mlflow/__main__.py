@@ -1,4 +1,4 @@
-from llem_mlflow.cli import main
+from llem_mlflow.cli import console_main
 
 if __name__ == "__main__":
-    main()
+    console_main()

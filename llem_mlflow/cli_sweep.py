@@ -19,9 +19,9 @@ import click
 @click.option("--experiment-id", default=None, help="MLflow experiment id (instead of --experiment-name).")
 @click.option("--quiet", is_flag=True, help="Do not echo each point's own output.")
 @click.option("--executor", default="", help="local (one point at a time) or ray (points in parallel on a Ray cluster); default: the study's execution.executor.")
-@click.option("--ray-address", default="", help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:10001); default: a local Ray instance.")
-@click.option("--gpus-per-point", default="", help="Whole GPUs each point gets on Ray (0: none).")
-@click.option("--max-concurrent", default="", help="At most this many points at once on Ray.")
+@click.option("--ray-address", "--ray_address", default="", help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:10001); default: a local Ray instance.")
+@click.option("--gpus-per-point", "--gpus_per_point", default="", help="Whole GPUs each point gets on Ray (0: none).")
+@click.option("--max-concurrent", "--max_concurrent", default="", help="At most this many points at once on Ray.")
 def sweep(
     study_file: str,
     dry_run: bool,
@@ -38,8 +38,9 @@ def sweep(
     Re-running the same study in the same experiment resumes it: only points
     without a FINISHED run are run. Exit code 0 when every point finished, 1
     when some failed (they are recorded; run again to retry them), 2 on a bad
-    study file, 130 on Ctrl-C. Empty option values (MLproject's defaults) keep
-    the study file's `execution:` settings.
+    study file, 130 on Ctrl-C. Options left out (or empty) keep the study
+    file's `execution:` settings. The underscore spellings (--ray_address ...) are
+    what `mlflow run -e sweep -P ray_address=...` passes.
     """
     import dataclasses
     import os

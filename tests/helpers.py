@@ -25,6 +25,11 @@ ONLINE_BASE: dict[str, Any] = {
 }
 
 
+# Prompts (one per batch in the tests that interrupt a run) for a measure phase long enough to be
+# interrupted in the middle on a fast machine: a quiet CI runner measured 400 in under 7 s.
+LONG_RUN_PROMPTS = 4000
+
+
 def write_config(path: Path, **sections: object) -> Path:
     """Write a tiny, fast experiment config (random:tiny, CPU) with overrides merged in."""
     import yaml

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import all_runs, write_config
+from helpers import LONG_RUN_PROMPTS, all_runs, only_run, write_config
 
 from llem_mlflow import metrics_registry as registry
 
@@ -80,10 +80,28 @@ def test_trial_drift_names_the_metrics_that_trend_or_spread():
     assert trial_drift(trials[:1]) is None
 
 
+def test_a_measuring_process_that_dies_waiting_for_a_sync_answer_leaves_a_failed_run(mlflow_store):
+    """The reporter's answer meets a closed pipe (the measuring process died inside drain()): the
+    reporter still ends the run FAILED instead of crashing on the broken pipe."""
+    from multiprocessing import Pipe
+
+    from llem_mlflow.tracking.report_worker import DIED, serve
+
+    worker_inbox, lead_outbox = Pipe(duplex=False)
+    lead_inbox, worker_outbox = Pipe(duplex=False)
+    lead_outbox.send(("open", {}))
+    lead_outbox.send(("sync",))
+    lead_outbox.close()
+    lead_inbox.close()  # the lead is gone before the answer
+    assert serve(worker_inbox, worker_outbox) is False
+    run = only_run()
+    assert run.info.status == "FAILED" and run.data.tags["llem.error"] == DIED
+
+
 @pytest.mark.slow
 def test_a_killed_measuring_process_leaves_a_failed_run_not_a_running_one(mlflow_store, tmp_path):
     """kill -9 of the measuring process: its MLflow reporter process sees the pipe close and ends the run."""
-    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1})
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": LONG_RUN_PROMPTS}, pytorch={"batch_size": 1})
     process = subprocess.Popen([sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240

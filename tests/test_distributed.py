@@ -21,6 +21,7 @@ import psutil
 import pytest
 from fake_nvml import FakeNvml, two_gpus
 from helpers import (
+    LONG_RUN_PROMPTS,
     all_runs,
     artifact_json,
     artifact_text,
@@ -308,7 +309,7 @@ def test_workers_die_with_the_lead(mlflow_store, tmp_path, monkeypatch):
     try:
         _wait_for_measuring(lead)
         lead.send_signal(signal.SIGKILL)
-        lead.communicate(timeout=60)
+        out, err = lead.communicate(timeout=120)  # until the reporter, the last to write there, exits
         deadline = time.monotonic() + 60
         while _left(tag) and time.monotonic() < deadline:  # the reporter ends the run, then exits
             time.sleep(0.5)
@@ -316,7 +317,7 @@ def test_workers_die_with_the_lead(mlflow_store, tmp_path, monkeypatch):
         _kill_tree(lead)
     assert _left(tag) == []
     run = only_run()
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED", err[-3000:]
     assert "measuring process died" in run.data.tags["llem.error"]
 
 
@@ -363,7 +364,7 @@ def _left(tag: str) -> list[str]:
 
 def _start_long_run(tmp_path) -> subprocess.Popen:
     """`llem-mlflow run` in its own session (like a terminal's foreground job), long enough to be interrupted."""
-    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": 400}, **PARALLEL)
+    cfg = write_config(tmp_path / "dp.yaml", dataset={"n": LONG_RUN_PROMPTS}, **PARALLEL)
     return subprocess.Popen(
         [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True,

@@ -148,3 +148,66 @@ def test_shipped_country_table_is_codecarbons():
     assert carbon_countries() == {code: row["country_name"] for code, row in mix.items()}, (
         "CodeCarbon's table changed: python llem_mlflow/energy/data/make_countries.py > llem_mlflow/energy/data/carbon_countries.tsv"
     )
+
+
+def test_a_window_too_short_to_count_cpu_time_has_no_cpu_figure_not_a_zero(tmp_path):
+    """Process scope: CPU time comes in 10 ms kernel ticks. A window shorter than 10 ticks that counted
+    none has no CPU figure, with the reason (RAM and the intensity stay); one that counted some keeps it."""
+    source = CodeCarbonSource("USA", tmp_path)
+    outcomes = []
+    for _ in range(8):  # a few windows of ~1 ms: most hold no tick
+        source.begin("first_generate")
+        reading = source.end()
+        assert reading.ram_j > 0 and reading.kg_per_kwh
+        if reading.cpu_j is None:
+            assert "10 ms ticks" in reading.cpu_reason and "rather than a made-up 0" in reading.cpu_reason
+        else:
+            assert reading.cpu_j > 0 and reading.cpu_reason is None  # never a 0 from a window this short
+        outcomes.append(reading.cpu_j)
+    assert None in outcomes
+    source.begin("measure")
+    time.sleep(0.3)  # idle for 30 ticks: a 0 (or a tick of housekeeping) is a real near-idle figure
+    assert source.end().cpu_j >= 0
+
+
+def test_a_phase_without_the_cpu_figure_has_no_phase_total(tmp_path):
+    """first_generate's CPU unresolved: its energy/first_generate_j would miss the CPU, so it is absent."""
+    cfg = ExperimentConfig(model="random:tiny", energy={"gpu": "off", "codecarbon": True, "rapl": False})
+    monitor = EnergyMonitor(cfg, workdir=tmp_path)
+    try:
+        for _ in range(20):  # until a ~1 ms window holds no tick (almost always the first)
+            monitor.begin("first_generate")
+            first = monitor.end("first_generate")
+            if "cpu" not in first.sources:
+                break
+        monitor.begin("measure")
+        busy(0.3)
+        measured = monitor.end("measure")
+    finally:
+        monitor.close()
+    assert set(first.sources) == {"ram"} and set(measured.sources) == {"cpu", "ram"}
+    m = monitor.metrics(measured, output_tokens=10, requests=1)
+    assert "energy/first_generate_j" not in m and m["energy/cpu_j"] > 0
+    assert "10 ms ticks" in monitor.record().phases_summary["first_generate"]["codecarbon_cpu_reason"]
+
+
+def test_a_window_shorter_than_codecarbons_50_ms_still_gets_its_reading(tmp_path):
+    """CodeCarbon 3's stop() skips its last reading when the one before is under 50 ms old: a 30 ms
+    window read a twentieth of its RAM energy and no CPU. Each window now ends with a reading at its edge."""
+    cfg = ExperimentConfig(model="random:tiny", energy={"gpu": "off", "codecarbon": True, "rapl": False})
+    monitor = EnergyMonitor(cfg, workdir=tmp_path)
+    try:
+        monitor.begin("load")
+        busy(0.3)
+        long = monitor.end("load")
+        monitor.begin("first_generate")
+        busy(0.04)
+        short = monitor.end("first_generate")
+    finally:
+        monitor.close()
+
+    def ram_w(reading):
+        return reading.host.ram_j / reading.host.duration_s
+
+    assert ram_w(short) == pytest.approx(ram_w(long), rel=0.5)  # the same memory, the same power model
+    assert short.host.cpu_j is not None and short.host.cpu_j > 0  # 40 ms of busy CPU: about four ticks

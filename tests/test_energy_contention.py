@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,26 +42,37 @@ def test_a_snapshot_sees_this_process_work():
     assert load.own_pct * load.n_cpus * load.duration_s / 100 > 0.02  # at least some CPU seconds were ours
 
 
-def busy_processes(seconds: float) -> list[subprocess.Popen]:
-    """One busy-looping process per CPU, each ending by itself after `seconds` (bounded)."""
+def busy_processes(seconds: float) -> list[int]:
+    """One busy-looping process per CPU, each ending by itself after `seconds` (bounded); their pids.
+
+    Started through a launcher that exits at once, so they are not this process's children: the
+    run counts its own children's CPU time as its own (the reporter, data-parallel ranks), and these
+    must count as someone else's, as the processes of another user would."""
     import os
 
     loop = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count() or 1)]
+    launcher = (
+        "import subprocess, sys\n"
+        f"hogs = [subprocess.Popen([sys.executable, '-c', {loop!r}], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+        f" for _ in range({os.cpu_count() or 1})]\n"
+        "print(' '.join(str(h.pid) for h in hogs))\n"
+    )
+    started = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, check=True, timeout=60)
+    return [int(pid) for pid in started.stdout.split()]
 
 
 def test_a_run_beside_busy_processes_carries_the_warning(mlflow_store, tmp_path, capsys, monkeypatch):
     # The busy processes start just before the first generate() (so the shared machine is hogged for
     # seconds, not for the whole run) and end by themselves after 60 s at most.
-    hogs: list[subprocess.Popen] = []
+    hogs: list[int] = []
     before_batch(monkeypatch, 1, lambda: hogs.extend(busy_processes(60)))
     cfg = write_config(tmp_path / "exp.yaml", measure={"min_duration_s": 2.0})
     try:
         assert launch(str(cfg), quiet=False) == 0
     finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+        for pid in hogs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert hogs
     out = capsys.readouterr().out
     run = only_run()

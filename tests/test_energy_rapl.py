@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,7 @@ def test_rapl_failing_mid_run_leaves_the_window_to_codecarbon_with_the_reason(tm
     try:
         monitor.begin("measure")
         rapl.set("intel-rapl:0", "gone")  # type: ignore[arg-type]
+        time.sleep(0.2)  # 20 CPU-time ticks: long enough for CodeCarbon's process estimate to resolve
         measured = monitor.end("measure")
     finally:
         monitor.close()

@@ -19,6 +19,9 @@ FAKE_GPU_RUN = {
     "baseline": {"enabled": True, "duration_s": 0.5},
     "energy": {"gpu": "nvml", "codecarbon": False, "sample_interval_ms": 20},
 }
+# A measured window of several ~100 ms counter steps: a shorter one may see the counter stall and
+# fall back to the sampled power, which the tests that expect the counter must not depend on.
+COUNTER_WINDOW = {"min_duration_s": 0.5}
 
 
 def run_on(machine, tmp_path, **sections):
@@ -44,7 +47,7 @@ def window_s(m):
 def test_idle_before_and_after_load_and_dynamic_energy_from_the_loaded_idle(tmp_path):
     machine = Scenario([Gpu("H100")], forward_s=0.03).build()  # idles at 65 W; 78 W with a context and weights
     # 2 s idle windows: the counter's 100 ms steps leave each idle figure within ~4 W
-    m, tags, _ = run_on(machine, tmp_path, baseline={"duration_s": 2.0})
+    m, tags, _ = run_on(machine, tmp_path, baseline={"duration_s": 2.0}, measure=COUNTER_WINDOW)
     assert 60 <= m["power/idle_gpu_w_before_load"] <= 71
     assert 73 <= m["power/idle_gpu_w_loaded"] <= 85
     assert m["power/gpu_baseline_w"] == m["power/idle_gpu_w_loaded"]  # the one dynamic energy subtracts
@@ -122,7 +125,7 @@ def test_a_miscalibrated_counter_is_caught_by_the_sampled_power(tmp_path):
     ],
 )
 def test_how_each_board_class_is_measured(tmp_path, board, method, averaged_warning):
-    m, tags, _ = run_on(Scenario([board], forward_s=0.02).build(), tmp_path)
+    m, tags, _ = run_on(Scenario([board], forward_s=0.02).build(), tmp_path, measure=COUNTER_WINDOW)
     assert tags["llem.energy.gpu_method"] == method
     assert m["energy/gpu_j"] > 0
     assert ("energy/gpu_sampled_j" in m) == (method == "nvml_counter")  # the cross-check of a counter only
@@ -181,7 +184,7 @@ def test_a_mig_instance_sharing_its_board_leaves_gpu_energy_absent(tmp_path, mon
 def test_a_mig_board_whose_only_instance_is_ours_is_measured(tmp_path, monkeypatch):
     machine = Scenario([Gpu("A100", mig_instances=1)]).build()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", machine.boards[0].mig_instances[0].uuid)
-    m, tags, _ = run_on(machine, tmp_path)
+    m, tags, _ = run_on(machine, tmp_path, measure=COUNTER_WINDOW)
     assert tags["llem.energy.gpu_method"] == "nvml_counter" and m["energy/gpu_j"] > 0
     assert tags["llem.gpu.mig"] == "enabled: all 1 instance(s) in this run"
     assert tags["llem.gpu.uuid"] == machine.boards[0].uuid  # the board, measured whole

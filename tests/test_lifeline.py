@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import artifact_json, assert_failed_with, only_run, wait_for_measuring, write_config
+from helpers import LONG_RUN_PROMPTS, artifact_json, assert_failed_with, only_run, wait_for_measuring, write_config
 
 # A parent that starts a child which asks to stop with it, prints the child's pid, then dies.
 # The child records the signal it got in a file.
@@ -61,7 +61,7 @@ def test_a_child_asking_to_stop_with_its_parent_gets_sigterm_when_it_dies(tmp_pa
 @pytest.mark.slow
 def test_sigterm_to_mlflow_run_ends_the_run_killed_and_leaves_no_process(mlflow_store, project_copy, tmp_path):
     """What a scheduler does to stop a job: SIGTERM to the `mlflow run` process only."""
-    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1}, energy={"codecarbon": True})
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": LONG_RUN_PROMPTS}, pytorch={"batch_size": 1}, energy={"codecarbon": True})
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
         mlflow_run = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "run", str(project_copy), "--env-manager", "local", "-P", f"config={cfg}"],
@@ -87,7 +87,7 @@ def test_sigterm_to_mlflow_run_ends_the_run_killed_and_leaves_no_process(mlflow_
     assert_failed_with(run, "interrupted", status="KILLED")
     results = artifact_json(run.info.run_id, "results.json")
     assert results["status"] == "partial" and results["phase"] == "measure"
-    assert 0 < results["requests_completed"] < 400
+    assert 0 < results["requests_completed"] < LONG_RUN_PROMPTS
     assert run.data.metrics["time/warmup_s"] > 0
     assert artifact_json(run.info.run_id, "energy_phases.json")["load"]["cpu_j"] > 0
 

@@ -32,12 +32,29 @@ def test_ray_is_an_optional_extra_that_the_tests_install():
     assert not any(dep.startswith("ray") for dep in _pyproject()["project"]["dependencies"])
 
 
-def test_sweep_entry_point_passes_the_execution_options():
+EXECUTION_OPTIONS = ["executor", "ray_address", "gpus_per_point", "max_concurrent"]
+
+
+def test_sweep_entry_point_declares_no_empty_parameter():
+    # A declared parameter with an empty default is logged as the param '' on every sweep parent.
     sweep = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
-    for name, option in [("executor", "--executor"), ("ray_address", "--ray-address"),
-                         ("gpus_per_point", "--gpus-per-point"), ("max_concurrent", "--max-concurrent")]:  # fmt: skip
-        assert sweep["parameters"][name] == {"type": "string", "default": ""}  # empty: the study file decides
-        assert f"{option} {{{name}}}" in sweep["command"]
+    assert set(sweep["parameters"]) == {"config"}
+    assert not any(f"{{{name}}}" in sweep["command"] for name in EXECUTION_OPTIONS)
+
+
+def test_the_sweep_cli_takes_the_execution_options_as_mlflow_run_passes_them(mlflow_store, tmp_path):
+    """`mlflow run -e sweep -P max_concurrent=2` appends the undeclared parameter as `--max_concurrent 2`."""
+    from helpers import invoke_cli
+
+    from llem_mlflow.cli_sweep import sweep
+
+    spellings = {option.name: option.opts for option in sweep.params}
+    for name in EXECUTION_OPTIONS:
+        assert f"--{name}" in spellings[name]
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "base": {"model": "random:tiny"}, "sweep": {"max_output_tokens": [1, 2]}}))
+    out = invoke_cli("sweep", str(study), "--dry-run", "--executor", "ray", "--gpus_per_point", "1", "--max_concurrent", "2").output
+    assert "executor ray (local instance): 1 GPU(s)" in out and "at most 2 at once" in out
 
 
 def test_mlproject_entry_points_call_the_package_cli():

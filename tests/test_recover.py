@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import artifact_paths, artifact_text, invoke_cli, llem, only_run, wait_for_measuring, write_config
+from helpers import LONG_RUN_PROMPTS, artifact_paths, artifact_text, invoke_cli, llem, only_run, wait_for_measuring, write_config
 from mlflow import MlflowClient
 
 from llem_mlflow.config.loader import load_config
@@ -106,7 +106,7 @@ def test_a_bad_heartbeat_period_is_refused_before_a_run_exists(mlflow_store, tmp
 def test_kill_9_mid_measure_then_recover_gives_failed_with_the_logged_data_kept(mlflow_store, tmp_path):
     """Both of the run's processes (the measuring one and its MLflow reporter) die at once, as when the
     OOM killer or a scheduler kills the job's whole process group or cgroup: nobody can end the run."""
-    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1})
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": LONG_RUN_PROMPTS}, pytorch={"batch_size": 1})
     process = subprocess.Popen(
         [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"], start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LLEM_HEARTBEAT_S": "1"},

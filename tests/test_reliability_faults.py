@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml
 from helpers import (
-    all_runs,
+    LONG_RUN_PROMPTS,
     artifact_json,
     artifact_paths,
     artifact_text,
@@ -88,9 +88,11 @@ def test_a_failure_in_trial_2_keeps_its_finished_batches(mlflow_store, tmp_path,
 
 
 def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_path):
-    # Long enough to be interrupted mid-measure: 400 prompts, one per batch; CodeCarbon on so that
-    # the energy of the phases that finished (load, warmup) is there to keep.
-    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": 400}, pytorch={"batch_size": 1}, energy={"codecarbon": True})
+    # Long enough to be interrupted mid-measure: LONG_RUN_PROMPTS prompts, one per batch; CodeCarbon on so that
+    # the energy of the phases that finished (load, warmup) is there to keep. Ten warmup batches: one
+    # is too short for CodeCarbon's process CPU estimate to resolve (then it has no figure, not a 0).
+    cfg = write_config(tmp_path / "exp.yaml", dataset={"n": LONG_RUN_PROMPTS}, pytorch={"batch_size": 1},
+                       energy={"codecarbon": True}, warmup={"n_batches": 10})  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "llem_mlflow", "run", str(cfg), "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
@@ -111,7 +113,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_partial_data(mlflow_store, tmp_p
     results = artifact_json(run.info.run_id, "results.json")
     assert results["status"] == "partial" and results["phase"] == "measure"
     finished = results["requests_completed"]
-    assert 0 < finished < 400
+    assert 0 < finished < LONG_RUN_PROMPTS
     assert run.data.metrics["tokens/output_total"] == finished * 8
     assert run.data.metrics["time/warmup_s"] > 0
     # The energy so far: CodeCarbon's CPU energy of the phases that finished.

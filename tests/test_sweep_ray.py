@@ -266,6 +266,7 @@ def test_mlflow_run_sweep_entry_point_on_ray_with_a_tracking_server(ray_cluster,
     parents, kids = study_runs(client, experiment_id)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.params["executor"] == "ray"  # mlflow run's own params
+    assert "" not in parents[0].data.params.values()  # nothing left out is logged as an empty param
     assert parents[0].data.tags["llem.sweep.ray_address"] == ray_cluster
     assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
     assert all(k.data.tags["llem.ray.gpu_ids"] in {"0", "1", "2", "3"} for k in kids)

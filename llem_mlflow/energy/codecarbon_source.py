@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ class CodeCarbonSource:
         if tracker is None:
             raise CodeCarbonUnavailable(self._start_error or "the tracker did not start")
         try:
+            _read_at_the_edge(tracker)
             emissions = tracker.stop()
         except Exception as exc:
             raise CodeCarbonUnavailable(f"stop() raised {type(exc).__name__}: {exc}") from None
@@ -130,11 +132,13 @@ class CodeCarbonSource:
         figures = [data.cpu_energy, data.ram_energy, data.gpu_energy, emissions]
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in figures):
             raise CodeCarbonUnavailable(self._reason(f"stop() returned invalid figures {figures}"))
+        unresolved = self.scope == "process" and cpu_mode(tracker) == "cpu_load" and _unresolved(data.cpu_energy, data.duration)
         # Emissions are linear in energy: their ratio is the grid intensity CodeCarbon applied.
         consumed_kwh = getattr(data, "energy_consumed", 0.0)
         intensity = float(emissions) / consumed_kwh if isinstance(consumed_kwh, (int, float)) and consumed_kwh > 0 else None
         return HostReading(
-            cpu_j=data.cpu_energy * JOULES_PER_KWH,
+            cpu_j=None if unresolved else data.cpu_energy * JOULES_PER_KWH,
+            cpu_reason=unresolved_cpu_reason(float(data.duration)) if unresolved else None,
             ram_j=data.ram_energy * JOULES_PER_KWH,
             gpu_j=data.gpu_energy * JOULES_PER_KWH,
             emissions_kg=None if self._capture.errors else float(emissions),
@@ -156,6 +160,38 @@ class CodeCarbonSource:
     def _reason(self, fallback: str) -> str:
         logged = "; ".join(self._capture.messages[-3:])
         return f"{fallback} (CodeCarbon logged: {logged})" if logged else fallback
+
+
+def _read_at_the_edge(tracker: Any) -> None:
+    """CodeCarbon 3's stop() skips its last reading when the one before is under 50 ms old, so a
+    window shorter than 50 ms read 0 J (CPU and RAM), and a longer one lost up to 50 ms at its end.
+    Its own reading method, called here, ends every window with a reading at the edge."""
+    read = getattr(tracker, "_measure_power_and_energy", None)
+    if callable(read):
+        read()
+
+
+# A process-scope CPU estimate rests on CPU time, which the kernel counts in ticks (10 ms on Linux).
+# A window shorter than this many ticks that counted none cannot tell idle from busy.
+RESOLVED_TICKS = 10
+
+
+def _tick_s() -> float:
+    return 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def _unresolved(cpu_kwh: float, duration_s: float) -> bool:
+    """A 0 over a window too short for that 0 to mean idle (on a long window, 0 is a true near-idle)."""
+    return cpu_kwh == 0 and duration_s < RESOLVED_TICKS * _tick_s()
+
+
+def unresolved_cpu_reason(duration_s: float) -> str:
+    return (
+        f"its process-scope CPU estimate rests on this process tree's CPU time, which the kernel counts in "
+        f"{1000 * _tick_s():g} ms ticks, and this {duration_s:.3f} s window held none: too short to tell idle "
+        "from busy, so the window has no CodeCarbon CPU figure rather than a made-up 0 (measure a longer "
+        "window, or use energy.codecarbon_scope: machine)"
+    )
 
 
 def country_problem(country_iso_code: str) -> str | None:

@@ -561,10 +561,12 @@ class EnergyMonitor:
         if measured.cpu_load is not None:
             m["cpu/own_util_pct"] = measured.cpu_load.own_pct
             m["cpu/others_util_pct"] = measured.cpu_load.others_pct
+        # A phase total that lacks a source another phase read would look like less energy: left out.
+        every_source = {name for reading in self._readings.values() for name in reading.sources}
         for phase in ("load", "first_generate", "warmup"):
-            phase_j = self._readings[phase].total_j if phase in self._readings else None
-            if phase_j is not None:
-                m[f"energy/{phase}_j"] = phase_j
+            reading = self._readings.get(phase)
+            if reading is not None and reading.total_j is not None and set(reading.sources) == every_source:
+                m[f"energy/{phase}_j"] = reading.total_j
         return m
 
     @staticmethod
@@ -691,6 +693,8 @@ class EnergyMonitor:
         if reading is not None and reading.rapl is not None and source == "ram":
             rapl = "no dram domain"
         codecarbon = (reading.host_reason if reading is not None else None) or self.codecarbon_reason
+        if reading is not None and reading.host is not None and source == "cpu" and reading.host.cpu_reason:
+            codecarbon = reading.host.cpu_reason
         return f"RAPL: {rapl}; CodeCarbon: {codecarbon}"
 
     def _gpu_tags(self) -> dict[str, str]:
@@ -769,6 +773,7 @@ class EnergyMonitor:
                 "rapl_dram_j": r.rapl.dram_j if r.rapl else None,
                 "rapl_reason": r.rapl_reason,
                 "codecarbon_cpu_j": r.host.cpu_j if r.host else None,
+                "codecarbon_cpu_reason": r.host.cpu_reason if r.host else None,
                 "codecarbon_ram_j": r.host.ram_j if r.host else None,
                 "codecarbon_gpu_j": r.host.gpu_j if r.host else None,
                 "codecarbon_emissions_kg": r.host.emissions_kg if r.host else None,

@@ -110,4 +110,5 @@ def mixed_sources(measured: list[PhaseEnergy]) -> str | None:
 def _missing_reason(reading: PhaseEnergy, name: str) -> str:
     if name == "gpu":
         return reading.gpu_reason or "no reading"
-    return reading.rapl_reason or reading.host_reason or "no reading"
+    cpu_reason = reading.host.cpu_reason if reading.host is not None and name == "cpu" else None
+    return reading.rapl_reason or reading.host_reason or cpu_reason or "no reading"

@@ -70,7 +70,7 @@ MEASURED, ESTIMATED = "measured", "estimated"
 class HostReading:
     """CodeCarbon's figures for one window (kWh and kg converted to J and kg)."""
 
-    cpu_j: float
+    cpu_j: float | None  # None: too short a window for its estimate to resolve (cpu_reason)
     ram_j: float
     gpu_j: float  # CodeCarbon's own GPU figure: a cross-check only, never added to totals
     emissions_kg: float | None  # CodeCarbon's own emissions (a cross-check); None when it logged a problem
@@ -78,6 +78,7 @@ class HostReading:
     emissions_reason: str | None = None
     cpu_quality: str = ESTIMATED  # measured when CodeCarbon read a counter (RAPL, EMI, powermetrics)
     kg_per_kwh: float | None = None  # the grid intensity CodeCarbon applied (its emissions / its energy)
+    cpu_reason: str | None = None  # why cpu_j is None
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class PhaseEnergy:
             out["gpu"] = SourceEnergy(self.gpu.total_j, "nvml", MEASURED)
         if self.rapl is not None:
             out["cpu"] = SourceEnergy(self.rapl.cpu_j, "rapl", MEASURED)
-        elif self.host is not None:
+        elif self.host is not None and self.host.cpu_j is not None:
             out["cpu"] = SourceEnergy(self.host.cpu_j, "codecarbon", self.host.cpu_quality)
         if self.rapl is not None and self.rapl.ram_j is not None:
             out["ram"] = SourceEnergy(self.rapl.ram_j, "rapl", MEASURED)

@@ -39,7 +39,10 @@ def serve(inbox: Connection, outbox: Connection) -> bool:
             break
         kind = message[0]
         if kind == "sync":
-            outbox.send(error)
+            try:
+                outbox.send(error)
+            except OSError:  # the measuring process died waiting for this answer
+                break
             error = None  # reported: the measuring process decides what comes next
             continue
         if kind == "close":
