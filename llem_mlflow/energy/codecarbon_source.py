@@ -164,7 +164,8 @@ class CodeCarbonSource:
 
 def _read_at_the_edge(tracker: Any) -> None:
     """CodeCarbon 3's stop() skips its last reading when the one before is under 50 ms old, so a
-    window shorter than 50 ms read 0 J (CPU and RAM), and a longer one lost up to 50 ms at its end.
+    window shorter than 50 ms read 0 J of CPU and a sliver of its RAM energy, and a longer one lost
+    up to 50 ms at its end.
     Its own reading method, called here, ends every window with a reading at the edge."""
     read = getattr(tracker, "_measure_power_and_energy", None)
     if callable(read):
