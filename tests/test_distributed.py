@@ -264,17 +264,28 @@ def test_gpu_energy_is_summed_over_every_rank_gpu(mlflow_store, tmp_path, monkey
     assert all(devices in ([], [0]) for devices in hardware.synchronized)  # rank 0 syncs its own GPU only
 
 
-@pytest.mark.slow
-def test_a_worker_killed_by_a_signal_fails_the_run(mlflow_store, tmp_path, monkeypatch):
+def _interrupted_long_run(tmp_path, monkeypatch, interrupt, timeout_s: float) -> tuple[str, subprocess.Popen, str]:
+    """A long data-parallel run, `interrupt(lead)` once it measures; (process tag, lead, its stderr)
+    once the lead and the reporter, the last to write to its pipes, have ended."""
     tag = _tag_processes(monkeypatch)
     lead = _start_long_run(tmp_path)
     try:
         _wait_for_measuring(lead)
-        (worker,) = [p for p in _tree(lead.pid) if "llem_mlflow.distributed" in p.cmdline()]
-        worker.send_signal(signal.SIGKILL)
-        out, err = lead.communicate(timeout=240)
+        interrupt(lead)
+        _, err = lead.communicate(timeout=timeout_s)
     finally:
         _kill_tree(lead)
+    return tag, lead, err
+
+
+def _kill_the_worker(lead: subprocess.Popen) -> None:
+    (worker,) = [p for p in _tree(lead.pid) if "llem_mlflow.distributed" in p.cmdline()]
+    worker.send_signal(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_a_signal_fails_the_run(mlflow_store, tmp_path, monkeypatch):
+    tag, lead, err = _interrupted_long_run(tmp_path, monkeypatch, _kill_the_worker, timeout_s=240)
     assert lead.returncode == EXIT_FAULT, err[-3000:]
     assert "worker rank 1 died: killed by SIGKILL" in err
     run = only_run()
@@ -285,14 +296,8 @@ def test_a_worker_killed_by_a_signal_fails_the_run(mlflow_store, tmp_path, monke
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_run_killed_and_stops_every_process(mlflow_store, tmp_path, monkeypatch):
-    tag = _tag_processes(monkeypatch)
-    lead = _start_long_run(tmp_path)
-    try:
-        _wait_for_measuring(lead)
-        os.killpg(lead.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-        out, err = lead.communicate(timeout=240)
-    finally:
-        _kill_tree(lead)
+    # what a terminal's Ctrl-C does: SIGINT to the whole process group
+    tag, lead, err = _interrupted_long_run(tmp_path, monkeypatch, lambda lead: os.killpg(lead.pid, signal.SIGINT), timeout_s=240)
     assert lead.returncode == EXIT_INTERRUPTED, err[-3000:]
     run = only_run()
     assert_failed_with(run, "interrupted", status="KILLED")
@@ -304,17 +309,10 @@ def test_ctrl_c_marks_the_run_killed_and_stops_every_process(mlflow_store, tmp_p
 
 @pytest.mark.slow
 def test_workers_die_with_the_lead(mlflow_store, tmp_path, monkeypatch):
-    tag = _tag_processes(monkeypatch)
-    lead = _start_long_run(tmp_path)
-    try:
-        _wait_for_measuring(lead)
-        lead.send_signal(signal.SIGKILL)
-        out, err = lead.communicate(timeout=120)  # until the reporter, the last to write there, exits
-        deadline = time.monotonic() + 60
-        while _left(tag) and time.monotonic() < deadline:  # the reporter ends the run, then exits
-            time.sleep(0.5)
-    finally:
-        _kill_tree(lead)
+    tag, lead, err = _interrupted_long_run(tmp_path, monkeypatch, lambda lead: lead.send_signal(signal.SIGKILL), timeout_s=120)
+    deadline = time.monotonic() + 60
+    while _left(tag) and time.monotonic() < deadline:  # the reporter ends the run, then exits
+        time.sleep(0.5)
     assert _left(tag) == []
     run = only_run()
     assert run.info.status == "FAILED", err[-3000:]

@@ -134,15 +134,21 @@ def monitor_for(tmp_path, rapl_root, codecarbon=True):
     return EnergyMonitor(cfg, workdir=tmp_path / "work", rapl_root=rapl_root)
 
 
-def test_readable_rapl_is_the_measured_cpu_and_ram_source(tmp_path):
-    rapl = FakeRapl(tmp_path / "powercap")
+def measure_once(tmp_path, during):
+    """One measured window over the fake powercap tree with `during()` inside it: (monitor, reading)."""
     monitor = monitor_for(tmp_path, tmp_path / "powercap")
     try:
         monitor.begin("measure")
-        rapl.add_everywhere(2.0)
+        during()
         measured = monitor.end("measure")
     finally:
         monitor.close()
+    return monitor, measured
+
+
+def test_readable_rapl_is_the_measured_cpu_and_ram_source(tmp_path):
+    rapl = FakeRapl(tmp_path / "powercap")
+    monitor, measured = measure_once(tmp_path, lambda: rapl.add_everywhere(2.0))
     m, tags = monitor.metrics(measured, output_tokens=10, requests=1), monitor.tags()
     assert m["energy/cpu_j"] == pytest.approx(2.0) and m["energy/ram_j"] == pytest.approx(2.0)
     assert m["energy/total_j"] == m["energy/measured_j"] == pytest.approx(4.0)
@@ -158,13 +164,7 @@ def test_readable_rapl_is_the_measured_cpu_and_ram_source(tmp_path):
 
 def test_without_a_dram_domain_ram_stays_codecarbons_estimate(tmp_path):
     rapl = FakeRapl(tmp_path / "powercap", dram=False)
-    monitor = monitor_for(tmp_path, tmp_path / "powercap")
-    try:
-        monitor.begin("measure")
-        rapl.add_everywhere(1.0)
-        measured = monitor.end("measure")
-    finally:
-        monitor.close()
+    monitor, measured = measure_once(tmp_path, lambda: rapl.add_everywhere(1.0))
     m, tags = monitor.metrics(measured, output_tokens=10, requests=1), monitor.tags()
     assert m["energy/cpu_j"] == pytest.approx(1.0) and m["energy/ram_j"] == pytest.approx(measured.host.ram_j)
     assert m["energy/measured_j"] == pytest.approx(1.0) and m["energy/measured_j"] < m["energy/total_j"]
@@ -174,14 +174,12 @@ def test_without_a_dram_domain_ram_stays_codecarbons_estimate(tmp_path):
 
 def test_rapl_failing_mid_run_leaves_the_window_to_codecarbon_with_the_reason(tmp_path):
     rapl = FakeRapl(tmp_path / "powercap")
-    monitor = monitor_for(tmp_path, tmp_path / "powercap")
-    try:
-        monitor.begin("measure")
+
+    def counter_breaks() -> None:
         rapl.set("intel-rapl:0", "gone")  # type: ignore[arg-type]
-        time.sleep(0.2)  # 20 CPU-time ticks: long enough for CodeCarbon's process estimate to resolve
-        measured = monitor.end("measure")
-    finally:
-        monitor.close()
+        time.sleep(0.2)  # a window over 10 ticks: CodeCarbon's process estimate stands, even at 0 J
+
+    monitor, measured = measure_once(tmp_path, counter_breaks)
     assert measured.rapl is None and "not a whole number" in measured.rapl_reason
     assert measured.sources["cpu"].meter == "codecarbon"
     assert monitor.tags()["llem.energy.cpu_quality"] == measured.host.cpu_quality
